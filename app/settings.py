@@ -17,7 +17,8 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; Postgres as postgresql+psycopg://... Default: SQLite in data_dir."
     )
     broker_url: str | None = Field(
-        None, description="Celery broker; redis://... for several machines. Default: a SQLite broker in data_dir."
+        None,
+        description="Celery broker; redis://... for several machines. Default: a SQLite broker in data_dir.",
     )
     host: str = "127.0.0.1"
     port: int = 8000

@@ -24,7 +24,8 @@ class LoraSpec(MethodSpec):
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
     init_lora_weights: Literal["gaussian", "default", "pissa", "olora"] = Field(
-        "gaussian", description="gaussian: A ~ N(0, 1/r), B = 0; default: peft's Kaiming-uniform A; pissa/olora."
+        "gaussian",
+        description="gaussian: A ~ N(0, 1/r), B = 0; default: peft's Kaiming-uniform A; pissa/olora.",
     )
     use_rslora: bool = Field(False, description="Rank-stabilised scaling lora_alpha / sqrt(r).")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")

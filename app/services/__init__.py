@@ -1,0 +1,1 @@
+"""Business logic between the web layer and the database. Plain functions taking a Session."""

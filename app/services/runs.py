@@ -1,0 +1,296 @@
+"""Runs: creating, listing, claiming, progress, finishing, cancelling.
+
+State changes that can race (a worker claiming a run, a user cancelling it) are conditional UPDATEs:
+the database row is the lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Metric, Run, RunEvent, RunLog, RunStatus, utcnow
+from runspec import RunSpec
+
+LOG_LINE_MAX = 2000
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+class InvalidTransition(ValueError):
+    pass
+
+
+def create_run(session: Session, spec: RunSpec) -> Run:
+    run = Run(
+        name=spec.name,
+        status=RunStatus.queued,
+        method=spec.method.name,
+        model=spec.model,
+        spec=spec.model_dump(mode="json"),
+        spec_hash=spec.spec_hash(),
+        max_steps=spec.training.max_steps,
+        details={},
+        latest_metrics={},
+    )
+    session.add(run)
+    session.flush()
+    session.add(RunEvent(run_id=run.id, from_status=None, to_status=RunStatus.queued, reason="submitted"))
+    return run
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    return run
+
+
+@dataclass(frozen=True)
+class RunPage:
+    items: Sequence[Run]
+    total: int
+    limit: int
+    offset: int
+
+
+def list_runs(
+    session: Session,
+    *,
+    status: str | None = None,
+    method: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> RunPage:
+    query = select(Run)
+    if status:
+        query = query.where(Run.status == status)
+    if method:
+        query = query.where(Run.method == method)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    items = session.scalars(query.order_by(Run.id.desc()).limit(limit).offset(offset)).all()
+    return RunPage(items=items, total=total, limit=limit, offset=offset)
+
+
+def _transition(
+    session: Session,
+    run_id: int,
+    *,
+    expected: Iterable[RunStatus],
+    to: RunStatus,
+    reason: str | None,
+    values: dict[str, Any] | None = None,
+    attempt: int | None = None,
+) -> bool:
+    """Move a run from one of `expected` states to `to` in one conditional UPDATE. False if it was not there."""
+    expected = list(expected)
+    conditions = [Run.id == run_id, Run.status.in_([s.value for s in expected])]
+    if attempt is not None:
+        conditions.append(Run.attempt == attempt)
+    current = session.scalar(select(Run.status).where(Run.id == run_id))
+    result = session.execute(
+        update(Run)
+        .where(*conditions)
+        .values(status=to.value, **(values or {}))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.add(RunEvent(run_id=run_id, from_status=current, to_status=to.value, reason=reason))
+    return True
+
+
+def claim_run(session: Session, run_id: int, attempt: int, worker: str) -> bool:
+    """A worker takes a queued run. A duplicate delivery of the same task finds it claimed and gets False."""
+    now = utcnow()
+    return _transition(
+        session,
+        run_id,
+        expected=[RunStatus.queued],
+        to=RunStatus.running,
+        reason=f"claimed by {worker}",
+        attempt=attempt,
+        values={"started_at": now, "heartbeat_at": now, "worker": worker, "error": None},
+    )
+
+
+def request_cancel(session: Session, run_id: int) -> Run:
+    """A queued run is cancelled at once; a running one is asked to stop at its next step."""
+    run = get_run(session, run_id)
+    if run.status_enum is RunStatus.queued and _transition(
+        session,
+        run_id,
+        expected=[RunStatus.queued],
+        to=RunStatus.cancelled,
+        reason="cancelled before it started",
+        values={"finished_at": utcnow()},
+    ):
+        session.refresh(run)
+        return run
+    session.refresh(run)
+    if run.status_enum is RunStatus.running:
+        run.cancel_requested = True
+        return run
+    raise InvalidTransition(f"run {run_id} is {run.status}; only queued or running runs can be cancelled")
+
+
+def fail_queued(session: Session, run_id: int, error: str) -> bool:
+    return _transition(
+        session,
+        run_id,
+        expected=[RunStatus.queued],
+        to=RunStatus.failed,
+        reason=error,
+        values={"error": error, "finished_at": utcnow()},
+    )
+
+
+@dataclass(frozen=True)
+class ProgressUpdate:
+    step: int | None = None
+    max_steps: int | None = None
+    metrics: Sequence[tuple[int, str, float]] = ()
+    log_lines: Sequence[tuple[datetime, str]] = ()
+    details: dict[str, Any] | None = None
+
+
+def record_progress(session: Session, run_id: int, update_: ProgressUpdate) -> bool:
+    """Write one batch from a training run: metrics, log lines, progress and heartbeat.
+
+    Returns True when the user asked the run to stop."""
+    run = get_run(session, run_id)
+    now = utcnow()
+    if update_.metrics:
+        upsert_metrics(session, run_id, update_.metrics)
+        latest = dict(run.latest_metrics or {})
+        for step, key, value in update_.metrics:
+            previous = latest.get(key)
+            if previous is None or step >= previous["step"]:
+                latest[key] = {"step": step, "value": value}
+        run.latest_metrics = latest
+    if update_.log_lines:
+        session.execute(
+            insert(RunLog),
+            [
+                {"run_id": run_id, "created_at": at, "message": line[:LOG_LINE_MAX]}
+                for at, line in update_.log_lines
+            ],
+        )
+    if update_.details:
+        run.details = {**(run.details or {}), **update_.details}
+    if update_.step is not None:
+        run.step = update_.step
+    if update_.max_steps:
+        run.max_steps = update_.max_steps
+    if run.started_at is not None and run.step and run.max_steps:
+        elapsed = (now - _aware(run.started_at)).total_seconds()
+        run.eta_seconds = max(0.0, elapsed / run.step * (run.max_steps - run.step))
+    run.heartbeat_at = now
+    return bool(run.cancel_requested)
+
+
+def upsert_metrics(session: Session, run_id: int, points: Sequence[tuple[int, str, float]]) -> None:
+    """Insert points; a point already stored for (run, key, step) is overwritten, never duplicated."""
+    latest_per_point = {(step, key): value for step, key, value in points}
+    rows = [{"run_id": run_id, "step": s, "key": k, "value": v} for (s, k), v in latest_per_point.items()]
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    else:
+        session.execute(insert(Metric), rows)
+        return
+    statement = dialect_insert(Metric)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Metric.run_id, Metric.key, Metric.step], set_={"value": statement.excluded.value}
+        ),
+        rows,
+    )
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: RunStatus
+    reason: str | None = None
+    error: str | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    final_train_loss: float | None = None
+    final_eval_loss: float | None = None
+    wall_time_seconds: float | None = None
+    artifact_dir: str | None = None
+
+
+def finish_run(session: Session, run_id: int, outcome: RunOutcome) -> bool:
+    values: dict[str, Any] = {
+        "finished_at": utcnow(),
+        "error": outcome.error,
+        "eta_seconds": 0.0 if outcome.status is RunStatus.succeeded else None,
+    }
+    for field in (
+        "trainable_params",
+        "total_params",
+        "final_train_loss",
+        "final_eval_loss",
+        "wall_time_seconds",
+        "artifact_dir",
+    ):
+        value = getattr(outcome, field)
+        if value is not None:
+            values[field] = value
+    return _transition(
+        session,
+        run_id,
+        expected=[RunStatus.running],
+        to=outcome.status,
+        reason=outcome.reason or outcome.error,
+        values=values,
+    )
+
+
+def get_metrics(
+    session: Session,
+    run_id: int,
+    *,
+    key: str | None = None,
+    after_step: int | None = None,
+    limit: int = 10_000,
+) -> Sequence[Metric]:
+    query = select(Metric).where(Metric.run_id == run_id)
+    if key:
+        query = query.where(Metric.key == key)
+    if after_step is not None:
+        query = query.where(Metric.step > after_step)
+    return session.scalars(query.order_by(Metric.key, Metric.step).limit(limit)).all()
+
+
+def metric_series(
+    session: Session, run_id: int, *, after_step: int | None = None
+) -> dict[str, list[list[float]]]:
+    """All series of a run as {key: [[step, value], ...]}, ordered by step."""
+    series: dict[str, list[list[float]]] = {}
+    for metric in get_metrics(session, run_id, after_step=after_step, limit=1_000_000):
+        series.setdefault(metric.key, []).append([metric.step, metric.value])
+    return series
+
+
+def log_tail(session: Session, run_id: int, lines: int = 30) -> list[RunLog]:
+    rows = session.scalars(
+        select(RunLog).where(RunLog.run_id == run_id).order_by(RunLog.id.desc()).limit(lines)
+    ).all()
+    return list(reversed(rows))
+
+
+def _aware(value: datetime) -> datetime:
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

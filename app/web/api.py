@@ -1,0 +1,104 @@
+"""REST API: everything the pages do, as JSON, so sweeps can be scripted."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.db import get_session
+from app.models import Run, RunStatus
+from app.services import runs as run_service
+from app.services.dispatch import submit_run
+from app.settings import get_settings
+from app.web.schemas import Health, LogLine, MetricSeries, RunList, RunOut
+from runspec import METHODS, RunSpec
+
+router = APIRouter(prefix="/api", tags=["api"])
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _run_or_404(session: Session, run_id: int) -> Run:
+    try:
+        return run_service.get_run(session, run_id)
+    except run_service.RunNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist") from None
+
+
+@router.post("/runs", status_code=status.HTTP_201_CREATED, response_model=RunOut)
+def create_run(spec: RunSpec, session: SessionDep) -> Any:
+    return submit_run(session, spec)
+
+
+@router.get("/runs", response_model=RunList)
+def list_runs(
+    session: SessionDep,
+    status_: Annotated[RunStatus | None, Query(alias="status")] = None,
+    method: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    page = run_service.list_runs(
+        session, status=status_.value if status_ else None, method=method, limit=limit, offset=offset
+    )
+    return {"items": page.items, "total": page.total, "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/runs/{run_id}", response_model=RunOut)
+def get_run(run_id: int, session: SessionDep) -> Any:
+    return _run_or_404(session, run_id)
+
+
+@router.get("/runs/{run_id}/metrics", response_model=MetricSeries)
+def get_metrics(
+    run_id: int,
+    session: SessionDep,
+    key: Annotated[str | None, Query(max_length=64)] = None,
+    after_step: Annotated[int | None, Query(ge=-1)] = None,
+) -> Any:
+    _run_or_404(session, run_id)
+    series: dict[str, list[list[float]]] = {}
+    for metric in run_service.get_metrics(session, run_id, key=key, after_step=after_step, limit=1_000_000):
+        series.setdefault(metric.key, []).append([metric.step, metric.value])
+    return {"run_id": run_id, "series": series}
+
+
+@router.get("/runs/{run_id}/logs", response_model=list[LogLine])
+def get_logs(run_id: int, session: SessionDep, lines: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:
+    _run_or_404(session, run_id)
+    return run_service.log_tail(session, run_id, lines)
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunOut)
+def cancel_run(run_id: int, session: SessionDep) -> Any:
+    _run_or_404(session, run_id)
+    try:
+        run = run_service.request_cancel(session, run_id)
+    except run_service.InvalidTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    session.commit()
+    return run
+
+
+@router.get("/methods")
+def list_methods() -> dict[str, Any]:
+    """Every fine-tuning method with its parameters (JSON Schema), as the registry declares them."""
+    return {
+        name: {
+            "label": cls.label,
+            "summary": cls.summary,
+            "is_peft": cls.is_peft,
+            "schema": cls.model_json_schema(),
+        }
+        for name, cls in METHODS.items()
+    }
+
+
+@router.get("/health", response_model=Health)
+def health(session: SessionDep) -> Any:
+    session.execute(text("SELECT 1"))
+    settings = get_settings()
+    broker = "embedded (SQLite)" if settings.uses_embedded_broker else "redis"
+    return {"status": "ok", "database": session.get_bind().dialect.name, "broker": broker}

@@ -1,0 +1,177 @@
+"""HTMX pages. Each page template owns its fragments as named blocks; htmx endpoints render one block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2_fragments.fastapi import Jinja2Blocks
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
+
+from app.db import get_session
+from app.models import Run
+from app.services import runs as run_service
+from app.services.dispatch import submit_run
+from app.web import formatting
+from app.web.forms import errors_by_field, fields_for, spec_from_form
+from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
+from runspec.spec import DEFAULT_DATASET, DEFAULT_MODEL
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
+templates = Jinja2Blocks(directory=str(TEMPLATES_DIR))
+formatting.register(templates.env)
+
+router = APIRouter(include_in_schema=False)
+SessionDep = Annotated[Session, Depends(get_session)]
+CHART_GROUPS = [
+    {"title": "Loss", "keys": ["loss", "eval_loss"]},
+    {"title": "Learning rate", "keys": ["learning_rate"]},
+    {"title": "Throughput (tokens/s)", "keys": ["tokens_per_second"]},
+    {"title": "Memory (MiB)", "keys": ["memory_bytes"], "scale": 1 / 2**20},
+]
+
+
+def _run_or_404(session: Session, run_id: int) -> Run:
+    try:
+        return run_service.get_run(session, run_id)
+    except run_service.RunNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist") from None
+
+
+def _is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+@router.get("/", response_class=HTMLResponse)
+def runs_page(request: Request, session: SessionDep) -> Response:
+    page = run_service.list_runs(session, limit=200)
+    return templates.TemplateResponse(request, "runs_list.html", {"runs": page.items, "total": page.total})
+
+
+@router.get("/runs/table", response_class=HTMLResponse)
+def runs_table(request: Request, session: SessionDep) -> Response:
+    page = run_service.list_runs(session, limit=200)
+    return templates.TemplateResponse(
+        request, "runs_list.html", {"runs": page.items, "total": page.total}, block_name="runs_table"
+    )
+
+
+# -- new run ---------------------------------------------------------------------------------------------
+
+
+def _form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
+    method_values = values.get("method") or {}
+    method_name = method_values.get("name", "lora")
+    method_cls = METHODS.get(method_name, METHODS["lora"])
+    return {
+        "values": values,
+        "errors": errors or {},
+        "methods": METHODS,
+        "method_name": method_cls.model_fields["name"].default,
+        "method_fields": fields_for(method_cls, "method", method_values),
+        "dataset_fields": fields_for(
+            DatasetSpec, "dataset", values.get("dataset"), skip=frozenset({"source"})
+        ),
+        "training_fields": fields_for(TrainingSpec, "training", values.get("training")),
+    }
+
+
+def _default_values() -> dict[str, Any]:
+    return {
+        "name": "",
+        "model": DEFAULT_MODEL,
+        "dataset": {"source": DEFAULT_DATASET},
+        "method": {"name": "lora"},
+    }
+
+
+@router.get("/runs/new", response_class=HTMLResponse)
+def new_run_page(request: Request, session: SessionDep, clone: int | None = None) -> Response:
+    values = _default_values()
+    if clone is not None:
+        source = _run_or_404(session, clone)
+        values = {**source.spec, "name": f"{source.name}-copy"}
+    return templates.TemplateResponse(request, "run_new.html", _form_context(values))
+
+
+@router.get("/runs/new/method", response_class=HTMLResponse)
+def method_fields(request: Request) -> Response:
+    name = request.query_params.get("method.name", "lora")
+    if name not in METHODS:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"unknown method {name!r}")
+    return templates.TemplateResponse(
+        request, "run_new.html", _form_context({"method": {"name": name}}), block_name="method_fields"
+    )
+
+
+def _field_kinds(model: type[BaseModel], prefix: str) -> tuple[set[str], set[str]]:
+    fields = fields_for(model, prefix, skip=frozenset())
+    return {f.path for f in fields if f.kind == "list"}, {f.path for f in fields if f.kind == "checkbox"}
+
+
+@router.post("/runs", response_class=HTMLResponse)
+async def create_run_from_form(request: Request, session: SessionDep) -> Response:
+    form = await request.form()
+    method_cls = METHODS.get(str(form.get("method.name", "")))
+    list_fields: set[str] = set()
+    bool_fields: set[str] = set()
+    for model, prefix in ((method_cls, "method"), (DatasetSpec, "dataset"), (TrainingSpec, "training")):
+        if model is not None:
+            lists, bools = _field_kinds(model, prefix)
+            list_fields |= lists
+            bool_fields |= bools
+    values = spec_from_form(dict(form), frozenset(list_fields), frozenset(bool_fields))
+    try:
+        spec = RunSpec.model_validate(values)
+    except ValidationError as exc:
+        context = _form_context(values, errors_by_field(exc))
+        block = "form" if _is_htmx(request) else None
+        return templates.TemplateResponse(
+            request,
+            "run_new.html",
+            context,
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            block_name=block,
+        )
+    run = submit_run(session, spec)
+    url = f"/runs/{run.id}"
+    if _is_htmx(request):
+        return Response(status_code=status.HTTP_201_CREATED, headers={"HX-Redirect": url})
+    return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)
+
+
+# -- one run ---------------------------------------------------------------------------------------------
+
+
+def _run_context(session: Session, run: Run) -> dict[str, Any]:
+    return {"run": run, "log_lines": run_service.log_tail(session, run.id, 30), "chart_groups": CHART_GROUPS}
+
+
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run_id: int, session: SessionDep) -> Response:
+    run = _run_or_404(session, run_id)
+    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run))
+
+
+@router.get("/runs/{run_id}/live", response_class=HTMLResponse)
+def run_live(request: Request, run_id: int, session: SessionDep) -> Response:
+    run = _run_or_404(session, run_id)
+    return templates.TemplateResponse(
+        request, "run_detail.html", _run_context(session, run), block_name="live"
+    )
+
+
+@router.post("/runs/{run_id}/cancel", response_class=HTMLResponse)
+def cancel_from_page(request: Request, run_id: int, session: SessionDep) -> Response:
+    _run_or_404(session, run_id)
+    try:
+        run = run_service.request_cancel(session, run_id)
+    except run_service.InvalidTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    session.commit()
+    return templates.TemplateResponse(
+        request, "run_detail.html", _run_context(session, run), block_name="live"
+    )

@@ -1,0 +1,66 @@
+"""Response models of the REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+
+    id: int
+    name: str
+    status: str
+    method: str
+    model: str
+    spec: dict[str, Any]
+    spec_hash: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    attempt: int
+    worker: str | None
+    step: int
+    max_steps: int
+    progress: float
+    eta_seconds: float | None
+    trainable_params: int | None
+    total_params: int | None
+    trainable_percent: float | None
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    wall_time_seconds: float | None
+    artifact_dir: str | None
+    latest_metrics: dict[str, Any]
+    details: dict[str, Any]
+
+
+class RunList(BaseModel):
+    items: list[RunOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class MetricSeries(BaseModel):
+    run_id: int
+    #: {key: [[step, value], ...]} ordered by step
+    series: dict[str, list[list[float]]]
+
+
+class LogLine(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    message: str
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    broker: str

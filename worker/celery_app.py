@@ -1,0 +1,51 @@
+"""The Celery app. Imported by the web process too (to send tasks by name), so it must not import torch.
+
+One machine: a SQLite broker through kombu's SQLAlchemy transport. Several: Redis (TUNEDECK_BROKER_URL).
+Run state lives in tunedeck's own database, so tasks ignore Celery results.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from app.settings import Settings, get_settings
+
+TRAIN_TASK = "tunedeck.train_run"
+TRAINING_QUEUE = "tunedeck.training"
+
+
+def create_celery(settings: Settings) -> Celery:
+    settings.ensure_dirs()
+    app = Celery("tunedeck", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=TRAINING_QUEUE,
+        task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_concurrency=settings.worker_concurrency,
+        # A fresh pool process per training: memory held by one run never leaks into the next.
+        worker_max_tasks_per_child=1,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    if settings.uses_embedded_broker:
+        # kombu's SQLAlchemy transport hands these to create_engine: wait on SQLite locks instead of failing.
+        app.conf.broker_transport_options = {"connect_args": {"timeout": 30}}
+    return app
+
+
+celery_app = create_celery(get_settings())
+
+
+@worker_process_init.connect
+def _fresh_database_connections(**_: object) -> None:
+    """A forked pool process must not share the parent's database connections."""
+    from app.db import get_engine, get_sessionmaker
+
+    get_engine().dispose(close=False)
+    get_engine.cache_clear()
+    get_sessionmaker.cache_clear()
