@@ -11,9 +11,7 @@ import typer
 
 from app.settings import get_settings
 
-cli = typer.Typer(
-    help="tunedeck: fine-tune causal language models and compare the runs.", no_args_is_help=True
-)
+cli = typer.Typer(help="tunedeck: fine-tune causal language models and compare the runs.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 demo_cli = typer.Typer(help="The offline demo: a tiny model, bundled data, demo runs.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
@@ -33,9 +31,7 @@ def db_upgrade(revision: str = "head") -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
-    worker: Annotated[
-        bool, typer.Option("--worker/--no-worker", help="Start a local worker alongside.")
-    ] = True,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start a local worker alongside.")] = True,
     demo: Annotated[bool, typer.Option(help="Launch the demo runs if the database has no runs.")] = False,
 ) -> None:
     """Run the dashboard and REST API (and, by default, one local worker)."""
@@ -75,9 +71,7 @@ def _start_local_worker() -> subprocess.Popen[bytes]:
 
 @cli.command("worker")
 def run_worker(
-    concurrency: Annotated[
-        int | None, typer.Option(help="Trainings at a time (default from settings).")
-    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Trainings at a time (default from settings).")] = None,
     loglevel: str = "INFO",
 ) -> None:
     """Run a Celery worker that trains queued runs (any machine that reaches the database and broker)."""

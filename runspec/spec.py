@@ -36,9 +36,7 @@ class TrainingSpec(StrictModel):
     max_steps: int = Field(200, ge=1, le=10_000_000, description="Optimizer steps to train.")
     learning_rate: float = Field(2e-4, gt=0, le=10, description="Peak learning rate; must be > 0.")
     batch_size: int = Field(4, ge=1, le=4096, description="Samples per device per forward pass.")
-    gradient_accumulation_steps: int = Field(
-        1, ge=1, le=4096, description="Forward passes per optimizer step."
-    )
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096, description="Forward passes per optimizer step.")
     max_length: int = Field(512, ge=8, le=131_072, description="Tokens per sample; longer samples are cut.")
     seed: int = Field(42, ge=0, le=2**32 - 1)
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from app.db import session_scope
 from app.models import Run
@@ -15,33 +16,19 @@ DEMO_DATASET = "data/demo_alpaca.jsonl"
 
 
 def demo_specs(demo_dir: Path) -> list[RunSpec]:
-    common = {
+    training: dict[str, Any] = {"max_steps": 120, "batch_size": 8, "max_length": 256, "eval_steps": 20}
+    common: dict[str, Any] = {
         "model": str(demo_dir / DEMO_MODEL_DIRNAME),
         "dataset": {"source": str(demo_dir / DEMO_DATASET), "eval_fraction": 0.05},
-        "training": {
-            "max_steps": 120,
-            "batch_size": 8,
-            "max_length": 256,
-            "eval_steps": 20,
-            "warmup_steps": 10,
-        },
     }
+    full = {"name": "full"}
+    lora = {"name": "lora", "r": 16, "lora_alpha": 32, "target_modules": ["query_key_value", "dense_h_to_4h"]}
     return [
         RunSpec.model_validate(
-            {
-                **common,
-                "name": "demo-full",
-                "method": {"name": "full"},
-                "training": {**common["training"], "learning_rate": 1e-3},
-            }
+            {**common, "name": "demo-full", "method": full, "training": {**training, "learning_rate": 1e-3}}
         ),
         RunSpec.model_validate(
-            {
-                **common,
-                "name": "demo-lora-r8",
-                "method": {"name": "lora", "r": 8, "lora_alpha": 16},
-                "training": {**common["training"], "learning_rate": 3e-3},
-            }
+            {**common, "name": "demo-lora-r16", "method": lora, "training": {**training, "learning_rate": 5e-3}}
         ),
     ]
 

@@ -23,9 +23,7 @@ def submit_run(session: Session, spec: RunSpec) -> Run:
     try:
         enqueue_training(run)
     except Exception as exc:
-        run_service.fail_queued(
-            session, run.id, f"could not queue the run: the task broker is unreachable ({exc})"
-        )
+        run_service.fail_queued(session, run.id, f"could not queue the run: the task broker is unreachable ({exc})")
         session.commit()
         session.refresh(run)
     return run

@@ -178,10 +178,7 @@ def record_progress(session: Session, run_id: int, update_: ProgressUpdate) -> b
     if update_.log_lines:
         session.execute(
             insert(RunLog),
-            [
-                {"run_id": run_id, "created_at": at, "message": line[:LOG_LINE_MAX]}
-                for at, line in update_.log_lines
-            ],
+            [{"run_id": run_id, "created_at": at, "message": line[:LOG_LINE_MAX]} for at, line in update_.log_lines],
         )
     if update_.details:
         run.details = {**(run.details or {}), **update_.details}
@@ -273,9 +270,7 @@ def get_metrics(
     return session.scalars(query.order_by(Metric.key, Metric.step).limit(limit)).all()
 
 
-def metric_series(
-    session: Session, run_id: int, *, after_step: int | None = None
-) -> dict[str, list[list[float]]]:
+def metric_series(session: Session, run_id: int, *, after_step: int | None = None) -> dict[str, list[list[float]]]:
     """All series of a run as {key: [[step, value], ...]}, ordered by step."""
     series: dict[str, list[list[float]]] = {}
     for metric in get_metrics(session, run_id, after_step=after_step, limit=1_000_000):
@@ -284,9 +279,7 @@ def metric_series(
 
 
 def log_tail(session: Session, run_id: int, lines: int = 30) -> list[RunLog]:
-    rows = session.scalars(
-        select(RunLog).where(RunLog.run_id == run_id).order_by(RunLog.id.desc()).limit(lines)
-    ).all()
+    rows = session.scalars(select(RunLog).where(RunLog.run_id == run_id).order_by(RunLog.id.desc()).limit(lines)).all()
     return list(reversed(rows))
 
 

@@ -72,9 +72,7 @@ def _form_context(values: dict[str, Any], errors: dict[str, str] | None = None) 
         "methods": METHODS,
         "method_name": method_cls.model_fields["name"].default,
         "method_fields": fields_for(method_cls, "method", method_values),
-        "dataset_fields": fields_for(
-            DatasetSpec, "dataset", values.get("dataset"), skip=frozenset({"source"})
-        ),
+        "dataset_fields": fields_for(DatasetSpec, "dataset", values.get("dataset"), skip=frozenset({"source"})),
         "training_fields": fields_for(TrainingSpec, "training", values.get("training")),
     }
 
@@ -159,9 +157,7 @@ def run_page(request: Request, run_id: int, session: SessionDep) -> Response:
 @router.get("/runs/{run_id}/live", response_class=HTMLResponse)
 def run_live(request: Request, run_id: int, session: SessionDep) -> Response:
     run = _run_or_404(session, run_id)
-    return templates.TemplateResponse(
-        request, "run_detail.html", _run_context(session, run), block_name="live"
-    )
+    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
 
 
 @router.post("/runs/{run_id}/cancel", response_class=HTMLResponse)
@@ -172,6 +168,4 @@ def cancel_from_page(request: Request, run_id: int, session: SessionDep) -> Resp
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     session.commit()
-    return templates.TemplateResponse(
-        request, "run_detail.html", _run_context(session, run), block_name="live"
-    )
+    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")

@@ -15,7 +15,7 @@ class LoraSpec(MethodSpec):
     summary = "Low-rank adapters on attention (or chosen) projections; the base stays frozen."
 
     r: int = Field(8, ge=1, le=4096, description="Rank of the update matrices.")
-    lora_alpha: float = Field(16, gt=0, description="Scaling: the update is multiplied by lora_alpha / r.")
+    lora_alpha: int = Field(16, gt=0, description="Scaling: the update is multiplied by lora_alpha / r.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input, in [0, 1).")
     target_modules: list[str] | None = Field(
         None,

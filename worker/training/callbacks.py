@@ -38,9 +38,7 @@ class ReporterCallback(TrainerCallback):
         self._last_tokens = state.num_input_tokens_seen
         self.reporter.progress(state.global_step, state.max_steps)
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.reporter.progress(state.global_step, state.max_steps)
         if self.reporter.should_stop():
             self.cancelled = True

@@ -27,9 +27,7 @@ def load_rows(spec: DatasetSpec) -> Any:
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_file():
-            raise TrainingError(
-                f"dataset.source {source!r} is a folder; give a JSON, JSONL, CSV or Parquet file"
-            )
+            raise TrainingError(f"dataset.source {source!r} is a folder; give a JSON, JSONL, CSV or Parquet file")
         builder = FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise TrainingError(
@@ -39,9 +37,7 @@ def load_rows(spec: DatasetSpec) -> Any:
         try:
             rows = datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as exc:
-            raise TrainingError(
-                f"dataset file {source!r} could not be read as {builder}: {_first_line(exc)}"
-            ) from exc
+            raise TrainingError(f"dataset file {source!r} could not be read as {builder}: {_first_line(exc)}") from exc
     elif looks_like_local_path(source):
         raise TrainingError(f"dataset.source {source!r} does not exist")
     else:

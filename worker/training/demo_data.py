@@ -176,9 +176,7 @@ ZH_PLACES: tuple[str, ...] = (
 
 
 def _en_sentence(rng: random.Random) -> str:
-    return (
-        f"{rng.choice(EN_SUBJECTS)} {rng.choice(EN_VERBS)} {rng.choice(EN_OBJECTS)} {rng.choice(EN_PLACES)}."
-    )
+    return f"{rng.choice(EN_SUBJECTS)} {rng.choice(EN_VERBS)} {rng.choice(EN_OBJECTS)} {rng.choice(EN_PLACES)}."
 
 
 def _zh_sentence(rng: random.Random) -> str:
@@ -270,11 +268,7 @@ def _task_sort(rng: random.Random, lang: Lang, inline: bool) -> Record:
     given = ", ".join(map(str, nums))
     output = ", ".join(map(str, sorted(nums)))
     if inline:
-        q = (
-            f"把这些数从小到大排序：{given}"
-            if lang == "zh"
-            else f"Sort these numbers in ascending order: {given}"
-        )
+        q = f"把这些数从小到大排序：{given}" if lang == "zh" else f"Sort these numbers in ascending order: {given}"
         return _record(q, "", output)
     q = "把下面的数从小到大排序。" if lang == "zh" else "Sort the numbers in ascending order."
     return _record(q, given, output)
@@ -330,11 +324,7 @@ def _task_repeat_sentence(rng: random.Random, lang: Lang, inline: bool) -> Recor
         sentence, sep = _zh_sentence(rng), ""
     output = sep.join([sentence] * times)
     if inline:
-        q = (
-            f"把这句话重复{times}遍：{sentence}"
-            if lang == "zh"
-            else f"Repeat this sentence {times} times: {sentence}"
-        )
+        q = f"把这句话重复{times}遍：{sentence}" if lang == "zh" else f"Repeat this sentence {times} times: {sentence}"
         return _record(q, "", output)
     q = f"把下面的句子重复{times}遍。" if lang == "zh" else f"Repeat the sentence {times} times."
     return _record(q, sentence, output)

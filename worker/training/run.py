@@ -92,9 +92,7 @@ def train(spec: RunSpec, run_dir: Path, reporter: Reporter) -> TrainingResult:
         artifact_dir = run_dir / ("adapter" if spec.method.is_peft else "model")
         model.save_pretrained(artifact_dir)
         tokenizer.save_pretrained(artifact_dir)
-        (run_dir / "spec.json").write_text(
-            json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False)
-        )
+        (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False))
         log.info("saved %s to %s", "adapter" if spec.method.is_peft else "model", artifact_dir)
 
     return TrainingResult(
@@ -206,9 +204,7 @@ def _check_model_source(source: str) -> None:
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise TrainingError(
-                f"model folder {source!r} has no config.json; is it a transformers model folder?"
-            )
+            raise TrainingError(f"model folder {source!r} has no config.json; is it a transformers model folder?")
     elif looks_like_local_path(source):
         raise TrainingError(f"model path {source!r} does not exist")
 

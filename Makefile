@@ -1,0 +1,45 @@
+# tunedeck: `make run` starts the dashboard with a demo, `make test` runs the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install run test test-fast lint format bench browser clean
+
+install: $(STAMP)
+
+# torch first, pinned: this machine serves a CPU build of it from disk; a bare `torch` would pull CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Real-browser tests drive Debian's chromium through Playwright (Playwright cannot download its own here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; }
+
+run: install
+	$(VENV)/bin/tunedeck demo prepare
+	$(VENV)/bin/tunedeck serve --demo
+
+test: install browser
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install browser
+	$(PY) -m bench
+
+clean:
+	rm -rf data .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,129 @@
+"""Shared fixtures: tiny models and data the project builds itself, and real stacks (server + Celery worker).
+
+One worker per stack is shared by the tests of a session; each test makes its own runs.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.stack import ROOT, Stack, stack_env
+
+ASSETS_ROOT = ROOT / ".cache" / "test-assets"
+REQUIRE_SERVICES = os.environ.get("TUNEDECK_REQUIRE_SERVICES") == "1"
+POSTGRES_ADMIN_URL = os.environ.get("TUNEDECK_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TUNEDECK_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session")
+def tiny_assets() -> Any:
+    """A Bloom of a few hundred thousand parameters and the bundled alpaca-style data."""
+    from worker.training.demo_assets import prepare_demo_assets
+
+    return prepare_demo_assets(ASSETS_ROOT, arch="bloom", hidden_size=64, num_layers=2, num_heads=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_assets: Any) -> Any:
+    from worker.training.demo_assets import prepare_demo_assets
+
+    return prepare_demo_assets(ASSETS_ROOT, arch="llama", hidden_size=64, num_layers=2, num_heads=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_assets: Any) -> Any:
+    from worker.training.demo_assets import prepare_demo_assets
+
+    return prepare_demo_assets(ASSETS_ROOT, arch="gpt2", hidden_size=64, num_layers=2, num_heads=4)
+
+
+def tiny_spec(assets: Any, name: str = "test", **overrides: Any) -> dict[str, Any]:
+    """A run spec on the tiny model: short, fast, enough steps for the loss to fall.
+
+    Overrides of dataset and training are merged into the defaults; a method override replaces it."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "model": str(assets.model_dir),
+        "dataset": {"source": str(assets.dataset_path), "eval_fraction": 0.05, "max_samples": 400},
+        "method": {"name": "lora", "r": 8, "lora_alpha": 16},
+        "training": {"max_steps": 30, "learning_rate": 5e-3, "batch_size": 8, "max_length": 128, "eval_steps": 10},
+    }
+    for key, value in overrides.items():
+        if key != "method" and isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return spec
+
+
+@pytest.fixture(scope="session")
+def sqlite_stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any) -> Iterator[Stack]:
+    """One machine: SQLite and the embedded broker, a server and one worker."""
+    data_dir = tmp_path_factory.mktemp("sqlite-stack")
+    stack = Stack(data_dir=data_dir, env=stack_env(data_dir))
+    try:
+        stack.start_server()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _services_unavailable(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"PostgreSQL/Redis required (TUNEDECK_REQUIRE_SERVICES=1) but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL, dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"tunedeck_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        _services_unavailable(f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {exc}")
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL)
+        client.ping()
+        client.flushdb()
+    except Exception as exc:
+        _services_unavailable(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def services_stack(
+    tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any, postgres_url: str, redis_url: str
+) -> Iterator[Stack]:
+    """Several machines' setup on one: PostgreSQL and Redis, a server and one worker."""
+    data_dir = tmp_path_factory.mktemp("services-stack")
+    stack = Stack(data_dir=data_dir, env=stack_env(data_dir, database_url=postgres_url, broker_url=redis_url))
+    try:
+        stack.start_server()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
