@@ -47,7 +47,8 @@ def serve(
         launched = launch_demo_runs(settings)
         if launched:
             typer.echo(f"launched {launched} demo runs")
-    worker_process = _start_local_worker() if worker else None
+    # One process trains (one run at a time), one answers quick requests (inspect, generate) meanwhile.
+    worker_processes = [_start_local_worker("training"), _start_local_worker("service")] if worker else []
     try:
         uvicorn.run(
             "app.web.app:create_app",
@@ -57,39 +58,48 @@ def serve(
             log_level="info",
         )
     finally:
-        if worker_process is not None:
-            worker_process.terminate()
+        for process in worker_processes:
+            process.terminate()
+        for process in worker_processes:
             try:
-                worker_process.wait(timeout=20)
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                worker_process.kill()
+                process.kill()
 
 
-def _start_local_worker() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=os.environ.copy())
+def _start_local_worker(queues: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", queues], env=os.environ.copy())
 
 
 @cli.command("worker")
 def run_worker(
-    concurrency: Annotated[int | None, typer.Option(help="Trainings at a time (default from settings).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks at a time (default from settings).")] = None,
+    queues: Annotated[str, typer.Option(help="Comma-separated: training, service.")] = "training,service",
     loglevel: str = "INFO",
 ) -> None:
-    """Run a Celery worker that trains queued runs (any machine that reaches the database and broker)."""
+    """Run a Celery worker (any machine that reaches the database and the broker)."""
     settings = get_settings()
     if settings.hub_offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from worker.celery_app import celery_app
+    from worker.celery_app import QUEUES, celery_app
 
-    celery_app.worker_main(
-        [
-            "worker",
-            f"--loglevel={loglevel}",
-            f"--concurrency={concurrency or settings.worker_concurrency}",
-            "--hostname=tunedeck@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    names = [name.strip() for name in queues.split(",") if name.strip()]
+    unknown = [name for name in names if name not in QUEUES]
+    if unknown or not names:
+        raise typer.BadParameter(f"unknown queue(s) {unknown}; choose from {', '.join(QUEUES)}", param_hint="--queues")
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--queues={','.join(QUEUES[name] for name in names)}",
+        f"--hostname={'+'.join(names)}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if "training" in names:
+        # A fresh pool process per training: memory held by one run never leaks into the next.
+        argv.append("--max-tasks-per-child=1")
+    celery_app.worker_main(argv)
 
 
 @demo_cli.command("prepare")

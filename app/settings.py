@@ -20,6 +20,12 @@ class Settings(BaseSettings):
         None,
         description="Celery broker; redis://... for several machines. Default: a SQLite broker in data_dir.",
     )
+    result_backend: str | None = Field(
+        None,
+        description="Where workers put answers to quick requests (model inspection, estimates, generation). "
+        "Default: the Redis broker when one is set, else a SQLite file in data_dir.",
+    )
+    rpc_timeout_seconds: float = Field(60.0, gt=0, description="How long the web waits for a worker's answer.")
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: str | None = Field(None, description="Bearer token required by the API when set.")
@@ -52,6 +58,14 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{self.resolved_data_dir / 'broker.sqlite'}"
+
+    @property
+    def resolved_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return f"db+sqlite:///{self.resolved_data_dir / 'results.sqlite'}"
 
     @property
     def uses_embedded_broker(self) -> bool:

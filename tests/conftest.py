@@ -68,7 +68,8 @@ def sqlite_stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any) -> 
     stack = Stack(data_dir=data_dir, env=stack_env(data_dir))
     try:
         stack.start_server()
-        stack.start_worker()
+        stack.start_worker("training")
+        stack.start_worker("service")
         yield stack
     finally:
         stack.stop()
@@ -123,7 +124,8 @@ def services_stack(
     stack = Stack(data_dir=data_dir, env=stack_env(data_dir, database_url=postgres_url, broker_url=redis_url))
     try:
         stack.start_server()
-        stack.start_worker()
+        stack.start_worker("training")
+        stack.start_worker("service")
         yield stack
     finally:
         stack.stop()

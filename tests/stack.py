@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -78,10 +79,10 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError("server did not become healthy within 60 s")
 
-    def start_worker(self, **extra_env: str) -> subprocess.Popen[bytes]:
-        log = open(self.data_dir / f"worker-{len(self.workers)}.log", "ab")  # noqa: SIM115
+    def start_worker(self, queues: str = "training", **extra_env: str) -> subprocess.Popen[bytes]:
+        log = open(self.data_dir / f"worker-{len(self.workers)}-{queues}.log", "ab")  # noqa: SIM115
         worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO"],
+            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO", "--queues", queues],
             cwd=ROOT,
             env={**self.env, **extra_env},
             stdout=log,
@@ -112,10 +113,8 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGTERM) if _own_group(process) else process.terminate()
         process.wait(timeout=20)
     except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL) if _own_group(process) else process.kill()
-        except ProcessLookupError:
-            pass
 
 
 def _own_group(process: subprocess.Popen[bytes]) -> bool:

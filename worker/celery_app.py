@@ -12,23 +12,33 @@ from celery.signals import worker_process_init
 from app.settings import Settings, get_settings
 
 TRAIN_TASK = "tunedeck.train_run"
+#: Long trainings. A worker consuming it runs one training per process, a fresh process each time.
 TRAINING_QUEUE = "tunedeck.training"
+#: Quick requests the web process waits for (inspect a model, generate text): torch work it must not do itself.
+SERVICE_QUEUE = "tunedeck.service"
+SERVICE_TASK_PREFIX = "tunedeck.service."
+QUEUES = {"training": TRAINING_QUEUE, "service": SERVICE_QUEUE}
 
 
 def create_celery(settings: Settings) -> Celery:
     settings.ensure_dirs()
-    app = Celery("tunedeck", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    app = Celery(
+        "tunedeck",
+        broker=settings.resolved_broker_url,
+        backend=settings.resolved_result_backend,
+        include=["worker.tasks"],
+    )
     app.conf.update(
         task_acks_late=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=TRAINING_QUEUE,
-        task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}},
+        task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}, f"{SERVICE_TASK_PREFIX}*": {"queue": SERVICE_QUEUE}},
+        result_expires=3600,
+        result_extended=False,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_concurrency=settings.worker_concurrency,
-        # A fresh pool process per training: memory held by one run never leaks into the next.
-        worker_max_tasks_per_child=1,
         task_serializer="json",
         accept_content=["json"],
     )

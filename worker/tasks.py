@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import socket
 import traceback
+from typing import Any
 
 from app.db import session_scope
 from app.models import RunStatus
 from app.services import runs as run_service
 from app.settings import get_settings
 from runspec import RunSpec
-from worker.celery_app import TRAIN_TASK, celery_app
+from worker.celery_app import SERVICE_TASK_PREFIX, TRAIN_TASK, celery_app
 from worker.reporting import DatabaseReporter
 from worker.training.errors import TrainingError
 from worker.training.run import train
@@ -60,3 +61,18 @@ def train_run(run_id: int, attempt: int) -> None:
         )
     with session_scope() as session:
         run_service.finish_run(session, run_id, outcome)
+
+
+@celery_app.task(name=f"{SERVICE_TASK_PREFIX}inspect_model", ignore_result=False)
+def inspect_model_task(model: str, method: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Config, module names and parameter counts of a model, without loading its weights."""
+    from pydantic import TypeAdapter
+
+    from runspec import AnyMethod
+    from worker.training.inspect import inspect_model
+
+    try:
+        method_spec = TypeAdapter(AnyMethod).validate_python(method) if method else None
+        return {"ok": True, **inspect_model(model, method_spec)}
+    except TrainingError as exc:
+        return {"ok": False, "error": str(exc)}

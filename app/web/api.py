@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
+from pydantic import Field
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -12,9 +13,13 @@ from app.db import get_session
 from app.models import Run, RunStatus
 from app.services import runs as run_service
 from app.services.dispatch import submit_run
+from app.services.worker_rpc import WorkerRefused, WorkerUnavailable, call_worker
 from app.settings import get_settings
 from app.web.schemas import Health, LogLine, MetricSeries, RunList, RunOut
-from runspec import METHODS, RunSpec
+from runspec import METHODS, AnyMethod, RunSpec
+from runspec.base import StrictModel
+
+INSPECT_TASK = "tunedeck.service.inspect_model"
 
 router = APIRouter(prefix="/api", tags=["api"])
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -80,6 +85,27 @@ def cancel_run(run_id: int, session: SessionDep) -> Any:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     session.commit()
     return run
+
+
+class InspectRequest(StrictModel):
+    model: str = Field(..., min_length=1, max_length=500, description="Hub id or local model folder.")
+    method: AnyMethod | None = Field(None, description="Also count the parameters this method would train.")
+
+
+@router.post("/models/inspect")
+def inspect_model(request: InspectRequest) -> dict[str, Any]:
+    """Config, module names and parameter counts of a model, read on a worker without loading weights."""
+    method = request.method.model_dump(mode="json") if request.method else None
+    return call_worker_or_http_error(INSPECT_TASK, request.model, method)
+
+
+def call_worker_or_http_error(task: str, *args: Any) -> dict[str, Any]:
+    try:
+        return call_worker(task, *args)
+    except WorkerUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    except WorkerRefused as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 @router.get("/methods")

@@ -108,11 +108,11 @@ def train(spec: RunSpec, run_dir: Path, reporter: Reporter) -> TrainingResult:
 
 
 def load_tokenizer(model_source: str) -> Any:
-    _check_model_source(model_source)
+    check_model_source(model_source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_source, trust_remote_code=False)
     except Exception as exc:
-        raise TrainingError(_model_load_error(model_source, exc)) from exc
+        raise TrainingError(model_load_error(model_source, exc)) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -124,7 +124,7 @@ def load_base_model(spec: RunSpec) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(spec.model, **kwargs)
     except Exception as exc:
-        raise TrainingError(_model_load_error(spec.model, exc)) from exc
+        raise TrainingError(model_load_error(spec.model, exc)) from exc
     if spec.training.gradient_checkpointing:
         model.config.use_cache = False
     return model
@@ -200,7 +200,7 @@ def _needs_final_eval(trainer: Trainer) -> bool:
     return trainer.state.global_step % int(trainer.args.eval_steps or 1) != 0
 
 
-def _check_model_source(source: str) -> None:
+def check_model_source(source: str) -> None:
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -209,7 +209,7 @@ def _check_model_source(source: str) -> None:
         raise TrainingError(f"model path {source!r} does not exist")
 
 
-def _model_load_error(source: str, exc: BaseException) -> str:
+def model_load_error(source: str, exc: BaseException) -> str:
     reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500]
     if Path(source).expanduser().exists():
         return f"could not load model from {source!r}: {reason}"
