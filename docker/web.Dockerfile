@@ -1,0 +1,14 @@
+# The dashboard and REST API. No ML stack: the web process never imports torch.
+FROM python:3.11-slim
+WORKDIR /opt/tunedeck
+COPY pyproject.toml README.md alembic.ini ./
+COPY app app
+COPY runspec runspec
+COPY worker worker
+COPY templates templates
+COPY migrations migrations
+# Editable: templates/ and migrations/ stay beside the code, where the app looks for them.
+RUN pip install --no-cache-dir -e .
+ENV TUNEDECK_DATA_DIR=/data
+EXPOSE 8000
+CMD ["sh", "-c", "tunedeck db upgrade && tunedeck serve --no-worker --host 0.0.0.0 --port 8000"]
