@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,8 +39,15 @@ def serve(
     import uvicorn
 
     from app.migrate import upgrade_database
+    from app.web.security import bind_refusal
 
     settings = get_settings()
+    host = host or settings.host
+    refusal = bind_refusal(host, settings.api_token)
+    if refusal:
+        typer.echo(f"tunedeck serve: {refusal}", err=True)
+        raise typer.Exit(2)
+    _refuse_bad_worker_settings("serve")  # the server reaps lost runs with the same heartbeat settings
     upgrade_database()
     if demo:
         from app.services.demo import launch_demo_runs
@@ -53,7 +61,7 @@ def serve(
         uvicorn.run(
             "app.web.app:create_app",
             factory=True,
-            host=host or settings.host,
+            host=host,
             port=port or settings.port,
             log_level="info",
         )
@@ -79,6 +87,7 @@ def run_worker(
 ) -> None:
     """Run a Celery worker (any machine that reaches the database and the broker)."""
     settings = get_settings()
+    _refuse_bad_worker_settings("worker")
     if settings.hub_offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from worker.celery_app import QUEUES, celery_app
@@ -100,6 +109,50 @@ def run_worker(
         # A fresh pool process per training: memory held by one run never leaks into the next.
         argv.append("--max-tasks-per-child=1")
     celery_app.worker_main(argv)
+
+
+def _refuse_bad_worker_settings(command: str) -> None:
+    from app.settings_checks import refusal_message, worker_settings_problems
+
+    problems = worker_settings_problems(get_settings())
+    if problems:
+        typer.echo(f"tunedeck {command}: {refusal_message(problems)}", err=True)
+        raise typer.Exit(2)
+
+
+@cli.command("sweep")
+def sweep(
+    file: Annotated[Path, typer.Argument(help="YAML with the body of POST /api/sweeps: name, base, grid, overrides.")],
+    wait: Annotated[bool, typer.Option(help="Follow the runs until done, then print the comparison table.")] = False,
+    url: Annotated[str | None, typer.Option(help="The server (default http://HOST:PORT from settings).")] = None,
+    token: Annotated[str | None, typer.Option(help="API token (default TUNEDECK_API_TOKEN).")] = None,
+    rerun: Annotated[bool, typer.Option(help="Train again runs identical to ones that already succeeded.")] = False,
+    poll: Annotated[float, typer.Option(help="Seconds between progress checks.", min=0.2)] = 2.0,
+) -> None:
+    """Launch a sweep through the REST API; with --wait, show live progress and then the comparison."""
+    from app.sweep_cli import run_sweep_command
+
+    settings = get_settings()
+    server = url or os.environ.get("TUNEDECK_URL") or f"http://{settings.host}:{settings.port}"
+    status = run_sweep_command(
+        file, url=server, token=token or settings.api_token, wait=wait, rerun=rerun, poll_seconds=poll
+    )
+    raise typer.Exit(status)
+
+
+@cli.command("wait")
+def wait(
+    run_ids: Annotated[list[int], typer.Argument(help="Run ids to follow.")],
+    url: Annotated[str | None, typer.Option(help="The server (default http://HOST:PORT from settings).")] = None,
+    token: Annotated[str | None, typer.Option(help="API token (default TUNEDECK_API_TOKEN).")] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between progress checks.", min=0.2)] = 2.0,
+) -> None:
+    """Follow runs with progress bars until they finish; exit 0 only if all succeeded."""
+    from app.wait_cli import wait_for_runs
+
+    settings = get_settings()
+    server = url or os.environ.get("TUNEDECK_URL") or f"http://{settings.host}:{settings.port}"
+    raise typer.Exit(wait_for_runs(run_ids, url=server, token=token or settings.api_token, poll_seconds=poll))
 
 
 @demo_cli.command("prepare")

@@ -77,6 +77,10 @@ class Run(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: Latest value per metric key, so lists never scan the metric table.
     latest_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The sweep that launched this run (a sweep may also reuse runs launched elsewhere: see SweepRun).
+    sweep_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sweeps.id", ondelete="SET NULL", name="fk_runs_sweep_id_sweeps"), index=True
+    )
 
     events: Mapped[list[RunEvent]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="RunEvent.id"
@@ -132,3 +136,76 @@ class RunEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[Run] = relationship(back_populates="events")
+
+
+class Sweep(Base):
+    """A set of runs launched together from a base spec and a grid (or a list) of overrides."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: What was asked for: {"base": {...}, "grid": {...}, "overrides": [...]}.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: Dotted spec paths the sweep varies (grid keys and override keys), in the order given.
+    varied: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    members: Mapped[list[SweepRun]] = relationship(
+        back_populates="sweep", cascade="all, delete-orphan", order_by="SweepRun.position"
+    )
+
+
+class SweepRun(Base):
+    """A run in a sweep, at its position in the expansion. A run re-used by a later sweep belongs to both."""
+
+    __tablename__ = "sweep_runs"
+
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    #: True when an identical run already existed and was not trained again.
+    reused: Mapped[bool] = mapped_column(default=False)
+
+    sweep: Mapped[Sweep] = relationship(back_populates="members")
+    run: Mapped[Run] = relationship()
+
+
+class Dataset(Base):
+    """A dataset a run can train on: an upload (stored under a generated name), a local file or a hub id."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    #: upload, local or hub
+    kind: Mapped[str] = mapped_column(String(16))
+    #: What a run spec puts in dataset.source: the stored file's absolute path, or the hub id.
+    source: Mapped[str] = mapped_column(String(1000), index=True)
+    config: Mapped[str | None] = mapped_column(String(200))
+    split: Mapped[str] = mapped_column(String(200), default="train")
+    format: Mapped[str] = mapped_column(String(16))
+    #: dataset.columns: logical field → the file's column
+    column_mapping: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: The file's own column names.
+    columns: Mapped[list[str]] = mapped_column(JSON, default=list)
+    row_count: Mapped[int | None] = mapped_column(Integer)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    #: The name the browser sent, for display only (never used as a path).
+    original_filename: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """A live worker process, refreshed every few seconds (the /metrics worker count and GPU memory)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    queues: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    #: {"gpus": [{"name", "memory_total_bytes", "memory_used_bytes"}]} where nvidia-smi tells
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -6,6 +6,7 @@ One worker per stack is shared by the tests of a session; each test makes its ow
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -129,3 +130,49 @@ def services_stack(
         yield stack
     finally:
         stack.stop()
+
+
+#: Debian's chromium under Playwright: no sandbox (containers, root), nothing fetched in the background.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _browser_unavailable(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"a real browser is required (TUNEDECK_REQUIRE_SERVICES=1) but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium_browser() -> Iterator[Any]:
+    """One headless chromium for the session (Playwright cannot download its own browser here: `make browser`)."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        _browser_unavailable("chromium is not installed (`make browser` installs Debian's)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        _browser_unavailable(f"Playwright's Python package is missing ({exc}); run `make install`")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium_browser: Any) -> Iterator[Any]:
+    """A fresh page (own cookies and storage) in the session's chromium; closed after the test."""
+    context = chromium_browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

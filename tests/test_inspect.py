@@ -20,8 +20,8 @@ def test_inspect_counts_parameters_and_lists_modules(sqlite_stack: Stack, tiny_a
     assert body["total_params_with_method"] == body["total_params"] + body["trainable_params"]
 
 
-def test_inspect_missing_model_is_422_with_reason(sqlite_stack: Stack, tmp_path: Any) -> None:
-    with sqlite_stack.client() as client:
-        answer = client.post("/api/models/inspect", json={"model": str(tmp_path / "nope")})
+def test_inspect_missing_model_is_422_with_reason(sqlite_stack: Stack) -> None:
+    with sqlite_stack.client() as client:  # a path inside the data roots (others are refused as outside them)
+        answer = client.post("/api/models/inspect", json={"model": str(sqlite_stack.data_dir / "nope")})
     assert answer.status_code == 422
-    assert "does not exist" in answer.json()["detail"]
+    assert "does not exist" in answer.json()["message"]

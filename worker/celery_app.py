@@ -7,7 +7,7 @@ Run state lives in tunedeck's own database, so tasks ignore Celery results.
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from app.settings import Settings, get_settings
 
@@ -26,7 +26,7 @@ def create_celery(settings: Settings) -> Celery:
         "tunedeck",
         broker=settings.resolved_broker_url,
         backend=settings.resolved_result_backend,
-        include=["worker.tasks"],
+        include=["worker.tasks", "worker.inference_tasks", "worker.dataset_tasks", "worker.heartbeat"],
     )
     app.conf.update(
         task_acks_late=True,
@@ -41,14 +41,33 @@ def create_celery(settings: Settings) -> Celery:
         worker_concurrency=settings.worker_concurrency,
         task_serializer="json",
         accept_content=["json"],
+        # Faults (see worker/lifecycle.py): a killed pool process acks its message and fails the run (no
+        # redelivery of the same attempt); a lost broker connection leaves the training running, since its
+        # state lives in the database, not in the broker.
+        task_reject_on_worker_lost=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_annotations={TRAIN_TASK: {"time_limit": settings.training_time_limit_seconds}},
     )
+    app.steps["worker"].add("worker.lifecycle:LostRunReaper")
     if settings.uses_embedded_broker:
         # kombu's SQLAlchemy transport hands these to create_engine: wait on SQLite locks instead of failing.
         app.conf.broker_transport_options = {"connect_args": {"timeout": 30}}
+    else:
+        # Redis hands an unacknowledged task to another worker after this long (checked at worker start to
+        # be longer than the training time limit: see app/settings_checks.py).
+        app.conf.broker_transport_options = {"visibility_timeout": settings.broker_visibility_timeout_seconds}
     return app
 
 
 celery_app = create_celery(get_settings())
+
+
+@worker_init.connect
+def _guard_forks(**_: object) -> None:
+    """Before the pool starts: no pool process is forked while a thread is inside SQLite (fork_safety.py)."""
+    from worker.fork_safety import install
+
+    install()
 
 
 @worker_process_init.connect

@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class DatabaseReporter:
-    def __init__(self, run_id: int, flush_seconds: float) -> None:
+    def __init__(self, run_id: int, flush_seconds: float, attempt: int | None = None) -> None:
         self.run_id = run_id
+        #: Writes only while this is the run's running attempt; a superseded attempt is told to stop.
+        self.attempt = attempt
         self.flush_seconds = flush_seconds
         self._lock = threading.Lock()
         self._metrics: list[tuple[int, str, float]] = []
@@ -74,7 +76,7 @@ class DatabaseReporter:
             self._metrics, self._logs, self._details = [], [], {}
         try:
             with session_scope() as session:
-                if record_progress(session, self.run_id, batch):
+                if record_progress(session, self.run_id, batch, attempt=self.attempt):
                     self._stop_requested.set()
         except Exception:
             with self._lock:  # keep the batch for the next pass: no metric is dropped

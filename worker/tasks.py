@@ -3,41 +3,71 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import traceback
 from typing import Any
 
+from celery import Task
+
 from app.db import session_scope
 from app.models import RunStatus
+from app.services import lifecycle
 from app.services import runs as run_service
 from app.settings import get_settings
+from app.settings_checks import heartbeat_interval
 from runspec import RunSpec
+from worker.attempts import prepare_attempt
 from worker.celery_app import SERVICE_TASK_PREFIX, TRAIN_TASK, celery_app
 from worker.reporting import DatabaseReporter
 from worker.training.errors import TrainingError
 from worker.training.run import train
+from worker.training.sources import set_policy as set_source_policy
 
 log = logging.getLogger(__name__)
+
+# What this worker may read: local paths under its data roots, custom code only for allow-listed hub ids.
+set_source_policy(get_settings().source_policy())
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}"
 
 
-@celery_app.task(name=TRAIN_TASK, acks_late=True)
-def train_run(run_id: int, attempt: int) -> None:
+@celery_app.task(name=TRAIN_TASK, bind=True, acks_late=True)
+def train_run(self: Task, run_id: int, attempt: int) -> None:
     settings = get_settings()
     with session_scope() as session:
-        if not run_service.claim_run(session, run_id, attempt, worker_name()):
+        if not run_service.claim_run(session, run_id, attempt, self.request.hostname or worker_name()):
             log.info("run %s attempt %s is not queued any more; nothing to do", run_id, attempt)
             return
-        spec = RunSpec.model_validate(run_service.get_run(session, run_id).spec)
+        claimed = run_service.get_run(session, run_id)
+        spec = RunSpec.model_validate(claimed.spec)
+        stored_estimate = (claimed.details or {}).get("memory_estimate")  # made at submit, if a worker answered
 
     run_dir = settings.runs_dir / f"run-{run_id}"
+    retryable = False  # an infrastructure failure (not the spec's fault) may be retried automatically
     try:
-        with DatabaseReporter(run_id, settings.metric_flush_seconds) as reporter:
+        with (
+            DatabaseReporter(run_id, heartbeat_interval(settings), attempt=attempt) as reporter,
+            prepare_attempt(run_dir, attempt, settings) as setup,
+        ):
+            reporter.details({"worker_pid": os.getpid(), "resumed_from_step": setup.resume_step})
+            if attempt > 1:
+                reporter.log(
+                    f"attempt {attempt}: continuing from checkpoint {setup.resume_step}"
+                    if setup.resume_from
+                    else f"attempt {attempt}: no complete checkpoint yet, starting from the beginning"
+                )
             try:
-                result = train(spec, run_dir, reporter)
+                result = train(
+                    spec,
+                    run_dir,
+                    reporter,
+                    resume_from=setup.resume_from,
+                    callbacks=setup.callbacks,
+                    memory_estimate=stored_estimate,
+                )
             except TrainingError as exc:
                 reporter.log(f"error: {exc}")
                 raise
@@ -48,6 +78,7 @@ def train_run(run_id: int, attempt: int) -> None:
         outcome = run_service.RunOutcome(status=RunStatus.failed, error=str(exc))
     except Exception as exc:
         outcome = run_service.RunOutcome(status=RunStatus.failed, error=f"{type(exc).__name__}: {exc}")
+        retryable = True
     else:
         outcome = run_service.RunOutcome(
             status=RunStatus.cancelled if result.cancelled else RunStatus.succeeded,
@@ -60,7 +91,9 @@ def train_run(run_id: int, attempt: int) -> None:
             artifact_dir=str(result.artifact_dir),
         )
     with session_scope() as session:
-        run_service.finish_run(session, run_id, outcome)
+        finished = run_service.finish_run(session, run_id, outcome, attempt=attempt)
+        retry = lifecycle.retry_if_allowed(session, run_id, outcome.error or "") if finished and retryable else None
+    lifecycle.enqueue_attempts([retry] if retry else [])
 
 
 @celery_app.task(name=f"{SERVICE_TASK_PREFIX}inspect_model", ignore_result=False)
@@ -76,3 +109,20 @@ def inspect_model_task(model: str, method: dict[str, Any] | None = None) -> dict
         return {"ok": True, **inspect_model(model, method_spec)}
     except TrainingError as exc:
         return {"ok": False, "error": str(exc)}
+
+
+@celery_app.task(name=f"{SERVICE_TASK_PREFIX}check_method", ignore_result=False)
+def check_method_task(model: str, method: dict[str, Any], training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Whether a method fits a model (module names, architecture), read on the meta device: {"ok": true,
+    "checked": bool, "problems": {field: message}}. Unreadable models are "not checked", never refused here."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from runspec import AnyMethod, TrainingSpec
+    from worker.training.method_check import check_method
+
+    try:
+        method_spec = TypeAdapter(AnyMethod).validate_python(method)
+        training_spec = TrainingSpec.model_validate(training) if training else None
+    except ValidationError as exc:  # a web process of another version: leave it to the training
+        return {"ok": True, "checked": False, "reason": str(exc), "problems": {}}
+    return {"ok": True, **check_method(model, method_spec, training_spec)}

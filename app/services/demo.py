@@ -1,4 +1,4 @@
-"""The demo runs `make run` launches on an empty database, on the tiny model that `demo prepare` built."""
+"""The demo sweeps `make run` launches on an empty database, on the tiny model that `demo prepare` built."""
 
 from __future__ import annotations
 
@@ -7,38 +7,75 @@ from typing import Any
 
 from app.db import session_scope
 from app.models import Run
-from app.services.dispatch import submit_run
+from app.services.sweeps import SweepRequest, create_sweep
 from app.settings import Settings
-from runspec import RunSpec
+from runspec import METHODS
 
 DEMO_MODEL_DIRNAME = "models/tiny-bloom-256x4"
 DEMO_DATASET = "data/demo_alpaca.jsonl"
 
 
-def demo_specs(demo_dir: Path) -> list[RunSpec]:
-    training: dict[str, Any] = {"max_steps": 120, "batch_size": 8, "max_length": 256, "eval_steps": 20}
-    common: dict[str, Any] = {
+#: Training shared by every demo run: a couple of minutes for all of them on two CPU cores.
+DEMO_TRAINING: dict[str, Any] = {
+    "max_steps": 100,
+    "batch_size": 8,
+    "max_length": 256,
+    "eval_steps": 20,
+    "learning_rate": 5e-3,
+    "eval_generation_samples": 8,
+    "eval_max_new_tokens": 32,
+}
+RANK_SWEEP_STEPS = 80
+LORA_TARGETS = ["query_key_value", "dense_h_to_4h"]
+
+
+def demo_base(demo_dir: Path) -> dict[str, Any]:
+    return {
         "model": str(demo_dir / DEMO_MODEL_DIRNAME),
         "dataset": {"source": str(demo_dir / DEMO_DATASET), "eval_fraction": 0.05},
+        "method": {"name": "lora", "r": 16, "lora_alpha": 32, "target_modules": LORA_TARGETS},
+        "training": dict(DEMO_TRAINING),
     }
-    full = {"name": "full"}
-    lora = {"name": "lora", "r": 16, "lora_alpha": 32, "target_modules": ["query_key_value", "dense_h_to_4h"]}
+
+
+def demo_sweeps(demo_dir: Path) -> list[SweepRequest]:
+    """A cross-method sweep (full, LoRA, prompt tuning, P-Tuning v2, each at a learning rate that suits it)
+    and a LoRA rank sweep, so a new user lands on real comparisons."""
+    methods: list[dict[str, Any]] = [
+        {"name": "demo-full", "method": {"name": "full"}, "training.learning_rate": 1e-3},
+        {
+            "name": "demo-lora-r16",
+            "method": {"name": "lora", "r": 16, "lora_alpha": 32, "target_modules": LORA_TARGETS},
+        },
+        {
+            "name": "demo-prompt-tuning",
+            "method": {"name": "prompt_tuning", "num_virtual_tokens": 16},
+            "training.learning_rate": 3e-2,
+        },
+        {
+            "name": "demo-p-tuning-v2",
+            "method": {"name": "p_tuning_v2", "num_virtual_tokens": 16},
+            "training.learning_rate": 1e-2,
+        },
+    ]
+    methods = [m for m in methods if m["method"]["name"] in METHODS]
+    base = demo_base(demo_dir)
     return [
-        RunSpec.model_validate(
-            {**common, "name": "demo-full", "method": full, "training": {**training, "learning_rate": 1e-3}}
-        ),
-        RunSpec.model_validate(
-            {**common, "name": "demo-lora-r16", "method": lora, "training": {**training, "learning_rate": 5e-3}}
+        SweepRequest(name="demo methods", base=base, overrides=methods),
+        SweepRequest(
+            name="demo ranks",
+            base={**base, "training": {**base["training"], "max_steps": RANK_SWEEP_STEPS}},
+            grid={"method.r": [2, 8, 32]},
         ),
     ]
 
 
 def launch_demo_runs(settings: Settings) -> int:
-    """Queue the demo runs if the database has no runs at all. Returns how many were queued."""
+    """Queue the demo sweeps if the database has no runs at all. Returns how many runs were queued."""
     with session_scope() as session:
         if session.query(Run.id).first() is not None:
             return 0
-        specs = demo_specs(settings.demo_dir)
-        for spec in specs:
-            submit_run(session, spec)
-        return len(specs)
+        total = 0
+        for request in demo_sweeps(settings.demo_dir):
+            total += len(create_sweep(session, request).members)
+        return total

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy.orm import Session
 
 from app.models import Run
 from app.services import runs as run_service
+from app.services.estimates import estimate_at_submit
+from app.services.method_check import check_method_fits_model
+from app.services.sources import check_sources
 from runspec import RunSpec
 
 
@@ -17,8 +22,16 @@ def enqueue_training(run: Run) -> None:
 
 
 def submit_run(session: Session, spec: RunSpec) -> Run:
-    """Store a run, commit, then queue it. If the broker cannot be reached the run fails with that reason."""
+    """Store a run, commit, then queue it. If the broker cannot be reached the run fails with that reason.
+
+    Raises SpecRefused (nothing stored) when the model or dataset is a URL, outside the data roots, or asks
+    to run custom code, or when a worker finds the method does not fit the model (a target module it lacks)."""
+    check_sources(spec)
+    check_method_fits_model(spec)
+    estimate = estimate_at_submit(spec)  # None when no worker answers soon: the training worker makes it then
     run = run_service.create_run(session, spec)
+    if estimate is not None:
+        run.details = {**(run.details or {}), "memory_estimate": estimate}
     session.commit()
     try:
         enqueue_training(run)
@@ -27,3 +40,36 @@ def submit_run(session: Session, spec: RunSpec) -> Run:
         session.commit()
         session.refresh(run)
     return run
+
+
+def submit_runs(session: Session, specs: Sequence[RunSpec]) -> list[Run]:
+    """Batch variant of submit_run: every spec's sources are checked before anything is stored (SpecRefused
+    otherwise), all runs are stored in one transaction, committed, then queued."""
+    for spec in specs:
+        check_sources(spec)
+    checked: set[str] = set()
+    for spec in specs:
+        key = spec.model + spec.method.model_dump_json() + str(spec.training.max_steps)
+        if key not in checked:
+            check_method_fits_model(spec)
+            checked.add(key)
+    runs = [run_service.create_run(session, spec) for spec in specs]
+    commit_and_enqueue(session, runs)
+    return runs
+
+
+def commit_and_enqueue(session: Session, runs: Sequence[Run]) -> None:
+    """Commit the transaction that stored `runs` (and whatever else belongs with them), then queue each run.
+    A run that cannot be queued fails with the reason; the others are queued regardless."""
+    session.commit()
+    failed = []
+    for run in runs:
+        try:
+            enqueue_training(run)
+        except Exception as exc:
+            run_service.fail_queued(session, run.id, f"could not queue the run: the task broker is unreachable ({exc})")
+            failed.append(run)
+    if failed:
+        session.commit()
+        for run in failed:
+            session.refresh(run)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Metric, Run, RunEvent, RunLog, RunStatus, utcnow
@@ -88,10 +88,14 @@ def _transition(
     reason: str | None,
     values: dict[str, Any] | None = None,
     attempt: int | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> bool:
-    """Move a run from one of `expected` states to `to` in one conditional UPDATE. False if it was not there."""
+    """Move a run from one of `expected` states to `to` in one conditional UPDATE. False if it was not there.
+
+    `attempt` and `where` add conditions the row must still meet (the attempt it was claimed for, a stale
+    heartbeat, ...)."""
     expected = list(expected)
-    conditions = [Run.id == run_id, Run.status.in_([s.value for s in expected])]
+    conditions = [Run.id == run_id, Run.status.in_([s.value for s in expected]), *where]
     if attempt is not None:
         conditions.append(Run.attempt == attempt)
     current = session.scalar(select(Run.status).where(Run.id == run_id))
@@ -161,11 +165,14 @@ class ProgressUpdate:
     details: dict[str, Any] | None = None
 
 
-def record_progress(session: Session, run_id: int, update_: ProgressUpdate) -> bool:
+def record_progress(session: Session, run_id: int, update_: ProgressUpdate, attempt: int | None = None) -> bool:
     """Write one batch from a training run: metrics, log lines, progress and heartbeat.
 
-    Returns True when the user asked the run to stop."""
+    Returns True when the user asked the run to stop, or when `attempt` is no longer the run's running
+    attempt (it was declared lost, or a newer attempt replaced it): then nothing is written."""
     run = get_run(session, run_id)
+    if attempt is not None and (run.attempt != attempt or run.status_enum is not RunStatus.running):
+        return True
     now = utcnow()
     if update_.metrics:
         upsert_metrics(session, run_id, update_.metrics)
@@ -186,9 +193,11 @@ def record_progress(session: Session, run_id: int, update_: ProgressUpdate) -> b
         run.step = update_.step
     if update_.max_steps:
         run.max_steps = update_.max_steps
-    if run.started_at is not None and run.step and run.max_steps:
+    # Steps of this attempt only: a resumed attempt started at its checkpoint's step.
+    done = run.step - int((run.details or {}).get("resumed_from_step") or 0)
+    if run.started_at is not None and done > 0 and run.max_steps:
         elapsed = (now - _aware(run.started_at)).total_seconds()
-        run.eta_seconds = max(0.0, elapsed / run.step * (run.max_steps - run.step))
+        run.eta_seconds = max(0.0, elapsed / done * (run.max_steps - run.step))
     run.heartbeat_at = now
     return bool(run.cancel_requested)
 
@@ -227,7 +236,7 @@ class RunOutcome:
     artifact_dir: str | None = None
 
 
-def finish_run(session: Session, run_id: int, outcome: RunOutcome) -> bool:
+def finish_run(session: Session, run_id: int, outcome: RunOutcome, attempt: int | None = None) -> bool:
     values: dict[str, Any] = {
         "finished_at": utcnow(),
         "error": outcome.error,
@@ -251,6 +260,7 @@ def finish_run(session: Session, run_id: int, outcome: RunOutcome) -> bool:
         to=outcome.status,
         reason=outcome.reason or outcome.error,
         values=values,
+        attempt=attempt,
     )
 
 

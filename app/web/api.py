@@ -11,11 +11,13 @@ from sqlalchemy.orm import Session
 
 from app.db import get_session
 from app.models import Run, RunStatus
+from app.services import lifecycle
 from app.services import runs as run_service
 from app.services.dispatch import submit_run
+from app.services.sources import check_model_source
 from app.services.worker_rpc import WorkerRefused, WorkerUnavailable, call_worker
 from app.settings import get_settings
-from app.web.schemas import Health, LogLine, MetricSeries, RunList, RunOut
+from app.web.schemas import Health, LogLine, MetricSeries, RunDetail, RunList, RunOut
 from runspec import METHODS, AnyMethod, RunSpec
 from runspec.base import StrictModel
 
@@ -37,7 +39,7 @@ def create_run(spec: RunSpec, session: SessionDep) -> Any:
     return submit_run(session, spec)
 
 
-@router.get("/runs", response_model=RunList)
+@router.get("/runs", response_model=RunList, dependencies=[Depends(lifecycle.check_lost_runs)])
 def list_runs(
     session: SessionDep,
     status_: Annotated[RunStatus | None, Query(alias="status")] = None,
@@ -51,8 +53,9 @@ def list_runs(
     return {"items": page.items, "total": page.total, "limit": page.limit, "offset": page.offset}
 
 
-@router.get("/runs/{run_id}", response_model=RunOut)
+@router.get("/runs/{run_id}", response_model=RunDetail, dependencies=[Depends(lifecycle.check_lost_runs)])
 def get_run(run_id: int, session: SessionDep) -> Any:
+    """One run, with `events`: every status change with its time and reason."""
     return _run_or_404(session, run_id)
 
 
@@ -87,6 +90,20 @@ def cancel_run(run_id: int, session: SessionDep) -> Any:
     return run
 
 
+@router.post("/runs/{run_id}/resume", response_model=RunDetail)
+def resume_run(run_id: int, session: SessionDep) -> Any:
+    """Queue a failed or cancelled run again (attempt + 1); it continues from its last complete checkpoint."""
+    _run_or_404(session, run_id)
+    try:
+        attempt = lifecycle.resume_run(session, run_id)
+    except run_service.InvalidTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    session.commit()
+    lifecycle.enqueue_attempts([attempt])
+    session.expire_all()
+    return _run_or_404(session, run_id)
+
+
 class InspectRequest(StrictModel):
     model: str = Field(..., min_length=1, max_length=500, description="Hub id or local model folder.")
     method: AnyMethod | None = Field(None, description="Also count the parameters this method would train.")
@@ -95,6 +112,7 @@ class InspectRequest(StrictModel):
 @router.post("/models/inspect")
 def inspect_model(request: InspectRequest) -> dict[str, Any]:
     """Config, module names and parameter counts of a model, read on a worker without loading weights."""
+    check_model_source(request.model)  # a URL, a path outside the data roots, custom code: 422 before any worker
     method = request.method.model_dump(mode="json") if request.method else None
     return call_worker_or_http_error(INSPECT_TASK, request.model, method)
 
@@ -116,6 +134,8 @@ def list_methods() -> dict[str, Any]:
             "label": cls.label,
             "summary": cls.summary,
             "is_peft": cls.is_peft,
+            "trains": cls.trains,
+            "requires_cuda": cls.requires_cuda,
             "schema": cls.model_json_schema(),
         }
         for name, cls in METHODS.items()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,14 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
-from app.web import api, pages
+from app.services.sources import SpecRefused
+from app.settings import get_settings
+from app.web import api, api_compare, api_sweeps, errors, inference, pages, pages_compare, security
+from app.web import datasets as datasets_web
+from app.web import estimate as estimate_web
+from app.web import exports as exports_web
+from app.web import metrics as metrics_web
+from runspec import METHODS
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -21,8 +29,9 @@ def _dotted(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"body", "query", "path"}:
         parts = parts[1:]
-    # A discriminated union puts the tag in the path (method.lora.r): users think of it as method.r.
-    if len(parts) > 2 and parts[0] == "method":
+    # A discriminated union puts the tag in the path (method.lora.r): users think of it as method.r; an error of
+    # the method as a whole (method.lora, from a validator across its fields) is an error of "method".
+    if len(parts) >= 2 and parts[0] == "method" and parts[1] in METHODS:
         parts = [parts[0], *parts[2:]]
     return ".".join(parts) or "body"
 
@@ -37,8 +46,24 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     summary = "; ".join(f"{e['field']}: {e['msg']}" for e in errors[:10])
     return JSONResponse(
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-        content=jsonable_encoder({"detail": errors, "message": summary}, custom_encoder={Exception: str}),
+        content=_json_safe(jsonable_encoder({"detail": errors, "message": summary}, custom_encoder={Exception: str})),
     )
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (which JSON cannot carry) as strings: an error about `NaN` must not become a 500."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+async def _spec_refused(request: Request, exc: SpecRefused) -> JSONResponse:
+    """A spec that validates but names a source tunedeck will not read: the same 422 shape, field included."""
+    return await _validation_error(request, RequestValidationError(exc.as_validation_errors()))
 
 
 def create_app() -> FastAPI:
@@ -46,9 +71,26 @@ def create_app() -> FastAPI:
         title="tunedeck",
         version=__version__,
         description="Launch parameter-efficient fine-tunes of causal language models, watch them, compare them.",
+        max_body_size=get_settings().max_request_bytes,  # 413 above; an upload route sets its own
     )
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(SpecRefused, _spec_refused)  # type: ignore[arg-type]
+    security.install(app)  # host check, cross-site refusal, token + login (app/web/security.py)
+    errors.install(app)  # out-of-range numbers from the database layer: 422, not 500
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(api.router)
+    app.include_router(inference.api_router)
     app.include_router(pages.router)
+    app.include_router(inference.page_router)
+    app.include_router(api_sweeps.router)
+    app.include_router(api_compare.router)
+    app.include_router(pages_compare.router)
+    app.include_router(datasets_web.api_router)
+    app.include_router(exports_web.api_router)
+    app.include_router(datasets_web.page_router)
+    app.include_router(exports_web.page_router)
+    app.include_router(metrics_web.router)
+    app.include_router(estimate_web.api_router)
+    app.include_router(estimate_web.page_router)
+    exports_web.register_template_helpers()
     return app

@@ -45,6 +45,8 @@ def fields_for(
         value = values.get(name, prop.get("default"))
         if kind == "list" and isinstance(value, list):
             value = LIST_SEPARATOR.join(str(v) for v in value)
+        if isinstance(value, Mapping):  # a column mapping: "field=column, ..." (the spec parses it back)
+            value = f"{LIST_SEPARATOR} ".join(f"{k}={v}" for k, v in value.items())
         fields.append(
             FormField(
                 path=f"{prefix}.{name}",

@@ -10,11 +10,17 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2_fragments.fastapi import Jinja2Blocks
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.db import get_session
 from app.models import Run
+from app.services import inference as inference_service
+from app.services import lifecycle
 from app.services import runs as run_service
+from app.services.demo import DEMO_DATASET, DEMO_MODEL_DIRNAME
 from app.services.dispatch import submit_run
+from app.services.sources import SpecRefused
+from app.settings import get_settings
 from app.web import formatting
 from app.web.forms import errors_by_field, fields_for, spec_from_form
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
@@ -45,13 +51,13 @@ def _is_htmx(request: Request) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
 def runs_page(request: Request, session: SessionDep) -> Response:
     page = run_service.list_runs(session, limit=200)
     return templates.TemplateResponse(request, "runs_list.html", {"runs": page.items, "total": page.total})
 
 
-@router.get("/runs/table", response_class=HTMLResponse)
+@router.get("/runs/table", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
 def runs_table(request: Request, session: SessionDep) -> Response:
     page = run_service.list_runs(session, limit=200)
     return templates.TemplateResponse(
@@ -74,7 +80,21 @@ def _form_context(values: dict[str, Any], errors: dict[str, str] | None = None) 
         "method_fields": fields_for(method_cls, "method", method_values),
         "dataset_fields": fields_for(DatasetSpec, "dataset", values.get("dataset"), skip=frozenset({"source"})),
         "training_fields": fields_for(TrainingSpec, "training", values.get("training")),
+        "demo_sources": _demo_sources(),
     }
+
+
+def _demo_sources() -> dict[str, str]:
+    """The offline demo's model and data, once `tunedeck demo prepare` has built them: the form offers them,
+    since the hub defaults cannot be downloaded on a machine without network access."""
+    demo_dir = get_settings().demo_dir
+    model, dataset = demo_dir / DEMO_MODEL_DIRNAME, demo_dir / DEMO_DATASET
+    found = {}
+    if (model / "config.json").is_file():
+        found["model"] = str(model)
+    if dataset.is_file():
+        found["dataset"] = str(dataset)
+    return found
 
 
 def _default_values() -> dict[str, Any]:
@@ -87,11 +107,20 @@ def _default_values() -> dict[str, Any]:
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
-def new_run_page(request: Request, session: SessionDep, clone: int | None = None) -> Response:
+def new_run_page(
+    request: Request, session: SessionDep, clone: int | None = None, dataset: int | None = None
+) -> Response:
     values = _default_values()
     if clone is not None:
         source = _run_or_404(session, clone)
         values = {**source.spec, "name": f"{source.name}-copy"}
+    if dataset is not None:  # "Train on this" from a dataset's page
+        from app.services import datasets as dataset_service
+
+        try:
+            values["dataset"] = dataset_service.spec_section(dataset_service.get_dataset(session, dataset))
+        except dataset_service.DatasetNotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset} does not exist") from None
     return templates.TemplateResponse(request, "run_new.html", _form_context(values))
 
 
@@ -110,6 +139,17 @@ def _field_kinds(model: type[BaseModel], prefix: str) -> tuple[set[str], set[str
     return {f.path for f in fields if f.kind == "list"}, {f.path for f in fields if f.kind == "checkbox"}
 
 
+def _refused_form(request: Request, values: dict[str, Any], errors: dict[str, str]) -> Response:
+    """422: the form again with what was typed, each error next to its field (only the form block for htmx)."""
+    return templates.TemplateResponse(
+        request,
+        "run_new.html",
+        _form_context(values, errors),
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        block_name="form" if _is_htmx(request) else None,
+    )
+
+
 @router.post("/runs", response_class=HTMLResponse)
 async def create_run_from_form(request: Request, session: SessionDep) -> Response:
     form = await request.form()
@@ -125,16 +165,12 @@ async def create_run_from_form(request: Request, session: SessionDep) -> Respons
     try:
         spec = RunSpec.model_validate(values)
     except ValidationError as exc:
-        context = _form_context(values, errors_by_field(exc))
-        block = "form" if _is_htmx(request) else None
-        return templates.TemplateResponse(
-            request,
-            "run_new.html",
-            context,
-            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-            block_name=block,
-        )
-    run = submit_run(session, spec)
+        return _refused_form(request, values, errors_by_field(exc))
+    try:
+        # In a thread: submitting may wait on a worker (the method check), which must not stall the event loop.
+        run = await run_in_threadpool(submit_run, session, spec)
+    except SpecRefused as exc:  # a model or dataset the worker would not read (missing path, outside the roots)
+        return _refused_form(request, values, {field: message for field, message in exc.problems})
     url = f"/runs/{run.id}"
     if _is_htmx(request):
         return Response(status_code=status.HTTP_201_CREATED, headers={"HX-Redirect": url})
@@ -145,16 +181,21 @@ async def create_run_from_form(request: Request, session: SessionDep) -> Respons
 
 
 def _run_context(session: Session, run: Run) -> dict[str, Any]:
-    return {"run": run, "log_lines": run_service.log_tail(session, run.id, 30), "chart_groups": CHART_GROUPS}
+    return {
+        "run": run,
+        "log_lines": run_service.log_tail(session, run.id, 30),
+        "chart_groups": CHART_GROUPS,
+        "inference": inference_service.page_context(run),
+    }
 
 
-@router.get("/runs/{run_id}", response_class=HTMLResponse)
+@router.get("/runs/{run_id}", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
 def run_page(request: Request, run_id: int, session: SessionDep) -> Response:
     run = _run_or_404(session, run_id)
     return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run))
 
 
-@router.get("/runs/{run_id}/live", response_class=HTMLResponse)
+@router.get("/runs/{run_id}/live", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
 def run_live(request: Request, run_id: int, session: SessionDep) -> Response:
     run = _run_or_404(session, run_id)
     return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
@@ -168,4 +209,18 @@ def cancel_from_page(request: Request, run_id: int, session: SessionDep) -> Resp
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     session.commit()
+    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
+
+
+@router.post("/runs/{run_id}/resume", response_class=HTMLResponse)
+def resume_from_page(request: Request, run_id: int, session: SessionDep) -> Response:
+    _run_or_404(session, run_id)
+    try:
+        attempt = lifecycle.resume_run(session, run_id)
+    except run_service.InvalidTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    session.commit()
+    lifecycle.enqueue_attempts([attempt])
+    session.expire_all()
+    run = _run_or_404(session, run_id)
     return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")

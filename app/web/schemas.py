@@ -37,6 +37,24 @@ class RunOut(BaseModel):
     artifact_dir: str | None
     latest_metrics: dict[str, Any]
     details: dict[str, Any]
+    #: The sweep that launched the run, if any (GET /api/sweeps/{id}).
+    sweep_id: int | None = None
+
+
+class RunEventOut(BaseModel):
+    """A status change: when, from what to what, and why."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    from_status: str | None
+    to_status: str
+    reason: str | None
+
+
+class RunDetail(RunOut):
+    #: Every status change, oldest first.
+    events: list[RunEventOut]
 
 
 class RunList(BaseModel):

@@ -13,6 +13,7 @@ class FullSpec(MethodSpec):
     name: Literal["full"] = "full"
     label = "Full fine-tuning"
     summary = "All parameters trained; the largest memory footprint, no adapter."
+    trains = "every weight of the model (optionally all but the input embeddings)"
     is_peft = False
 
     freeze_embeddings: bool = Field(

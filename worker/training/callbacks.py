@@ -43,6 +43,7 @@ class ReporterCallback(TrainerCallback):
         if self.reporter.should_stop():
             self.cancelled = True
             control.should_training_stop = True
+            control.should_save = True  # keep a checkpoint: Resume continues from here
 
     def on_log(
         self,
@@ -77,7 +78,8 @@ class ReporterCallback(TrainerCallback):
         if not values:
             return
         self.reporter.metrics(state.global_step, values)
-        self.reporter.log(_log_line(state, values))
+        if values.keys() - {"epoch", "tokens_seen"}:  # the end-of-training log has nothing else worth a line
+            self.reporter.log(_log_line(state, values))
 
 
 def _log_line(state: TrainerState, values: dict[str, float]) -> str:

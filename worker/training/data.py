@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runspec import DatasetSpec
 from worker.training.errors import TrainingError
-from worker.training.sources import looks_like_local_path
+from worker.training.formats import IGNORE_INDEX as IGNORE_INDEX
+from worker.training.formats import check_columns, drop_unlearned, file_sha256, tokenize_rows
+from worker.training.sources import looks_like_local_path, resolve_dataset
 
-IGNORE_INDEX = -100
 ALPACA_REQUIRED = ("instruction", "output")
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -24,7 +26,9 @@ def load_rows(spec: DatasetSpec) -> Any:
     import datasets
 
     source = spec.source
-    path = Path(source).expanduser()
+    # A URL or a path outside the worker's data roots (after symlinks) is refused before anything is read.
+    resolved = resolve_dataset(source)
+    path = Path(resolved.location) if resolved.kind == "local" else Path(source).expanduser()
     if path.exists():
         if not path.is_file():
             raise TrainingError(f"dataset.source {source!r} is a folder; give a JSON, JSONL, CSV or Parquet file")
@@ -34,29 +38,30 @@ def load_rows(spec: DatasetSpec) -> Any:
                 f"dataset.source {source!r} has an unsupported extension {path.suffix!r}; "
                 f"use one of {', '.join(sorted(FILE_BUILDERS))}"
             )
+        if _is_blank(path):
+            raise TrainingError(empty_dataset_message(source))
         try:
-            rows = datasets.load_dataset(builder, data_files=str(path), split="train")
+            rows = datasets.load_dataset(builder, data_files=str(path), split=spec.split)
+        except ValueError as exc:
+            if "corresponds to no data" in str(exc):  # datasets' words for a file with a header and no rows
+                raise TrainingError(empty_dataset_message(source)) from exc
+            raise TrainingError(f"dataset file {source!r} could not be read as {builder}: {_reason(exc)}") from exc
         except Exception as exc:
-            raise TrainingError(f"dataset file {source!r} could not be read as {builder}: {_first_line(exc)}") from exc
+            raise TrainingError(f"dataset file {source!r} could not be read as {builder}: {_reason(exc)}") from exc
     elif looks_like_local_path(source):
         raise TrainingError(f"dataset.source {source!r} does not exist")
     else:
         try:
-            rows = datasets.load_dataset(source, split="train")
+            rows = datasets.load_dataset(source, name=spec.config, split=spec.split)
         except Exception as exc:
             raise TrainingError(
-                f"could not load dataset {source!r} from the Hugging Face hub: {_first_line(exc)}. "
+                f"could not load dataset {source!r} from the Hugging Face hub: {_reason(exc).rstrip('.')}. "
                 "Check the id and network access, or give a local file."
             ) from exc
 
-    missing = [column for column in ALPACA_REQUIRED if column not in rows.column_names]
-    if missing:
-        raise TrainingError(
-            f"dataset {source!r} has no {', '.join(repr(m) for m in missing)} column; the alpaca format needs "
-            f"'instruction' and 'output' (and optionally 'input'). Columns found: {', '.join(rows.column_names)}"
-        )
     if len(rows) == 0:
-        raise TrainingError(f"dataset {source!r} is empty")
+        raise TrainingError(empty_dataset_message(source))
+    check_columns(rows.column_names, spec, repr(source))
     if spec.max_samples is not None and len(rows) > spec.max_samples:
         rows = rows.select(range(spec.max_samples))
     return rows
@@ -66,22 +71,37 @@ def tokenize_alpaca(rows: Any, tokenizer: Any, max_length: int) -> Any:
     """Prompt tokens get label -100 so only the response (plus EOS) is learned; samples are cut at max_length.
 
     Samples whose response is cut away entirely are dropped: they would contribute no loss."""
-    eos_id = tokenizer.eos_token_id
+    spec = DatasetSpec(source="rows", format="alpaca")
+    return drop_unlearned(tokenize_rows(rows, tokenizer, spec, max_length))
 
-    def encode(example: dict[str, Any]) -> dict[str, list[int]]:
-        prompt_ids = tokenizer(
-            format_prompt(str(example["instruction"] or ""), _text(example.get("input"))),
-            add_special_tokens=False,
-        )["input_ids"]
-        response_ids = tokenizer(_text(example["output"]), add_special_tokens=False)["input_ids"]
-        if eos_id is not None:
-            response_ids = [*response_ids, eos_id]
-        input_ids = (prompt_ids + response_ids)[:max_length]
-        labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
-        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
-    encoded = rows.map(encode, remove_columns=rows.column_names, desc="tokenize")
-    return encoded.filter(lambda example: any(label != IGNORE_INDEX for label in example["labels"]))
+@dataclass(frozen=True)
+class PreparedData:
+    #: input_ids, attention_mask, labels and full_length (tokens before the cut) per row
+    tokenized: Any
+    #: what the run records about its data: source, format, rows, columns, sha256 of a local file
+    facts: dict[str, Any]
+
+
+def prepare_dataset(
+    spec: DatasetSpec, tokenizer: Any, max_length: int, *, model_label: str = "the model", log: Any = None
+) -> PreparedData:
+    """Load rows, check them against the format, and tokenize under the template (cached)."""
+    rows = load_rows(spec)
+    path = Path(spec.source).expanduser()
+    sha256 = file_sha256(path) if path.is_file() else None
+    data_id = f"sha256:{sha256}" if sha256 else f"hub:{spec.source}:{spec.config}:{spec.split}:{rows._fingerprint}"
+    tokenized = tokenize_rows(rows, tokenizer, spec, max_length, model_label=model_label, data_id=data_id, log=log)
+    facts: dict[str, Any] = {
+        "source": spec.source,
+        "format": spec.format,
+        "template": spec.template,
+        "rows": len(rows),
+        "columns": list(rows.column_names),
+        "sha256": sha256,
+        "fingerprint": data_id if sha256 is None else None,
+    }
+    return PreparedData(tokenized=tokenized, facts=facts)
 
 
 def split_eval(dataset: Any, eval_fraction: float, seed: int) -> tuple[Any, Any | None]:
@@ -96,6 +116,25 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
+def empty_dataset_message(source: str) -> str:
+    return f"dataset {source!r} is empty: it has no rows; give a file with at least one example"
+
+
+def _is_blank(path: Path) -> bool:
+    """An empty file, or one of only whitespace (small files only: a large file has content)."""
+    size = path.stat().st_size
+    return size == 0 or (size < 4096 and not path.read_bytes().strip())
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of the most specific error in the chain: datasets wraps the parser's error in a generic one."""
+    reasons = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        if text:
+            reasons.append(text.splitlines()[0][:500])
+        current = current.__cause__  # not __context__: that is whatever a fallback parser tried meanwhile
+    return reasons[-1] if reasons else type(exc).__name__

@@ -12,9 +12,12 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from runspec import MethodSpec
+from runspec import MethodSpec, TrainingSpec
 from worker.training.errors import TrainingError
+from worker.training.memory import device_capacity, memory_profile
+from worker.training.method_check import build_method
 from worker.training.run import check_model_source, count_parameters, model_load_error
+from worker.training.sources import remote_code_kwargs
 
 CONFIG_KEYS = (
     "model_type",
@@ -33,16 +36,16 @@ CONFIG_KEYS = (
 
 
 def load_config(model_source: str) -> Any:
-    check_model_source(model_source)
+    resolved = check_model_source(model_source)  # URL, outside the data roots, auto_map: refused
     try:
-        return AutoConfig.from_pretrained(model_source, trust_remote_code=False)
+        return AutoConfig.from_pretrained(resolved.location, **remote_code_kwargs(resolved))
     except Exception as exc:
         raise TrainingError(model_load_error(model_source, exc)) from exc
 
 
-def build_on_meta(config: Any) -> Any:
+def build_on_meta(config: Any, trust_remote_code: bool = False) -> Any:
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def leaf_module_names(model: Any) -> list[str]:
@@ -62,7 +65,7 @@ def linear_module_names(model: Any) -> list[str]:
 
 def inspect_model(model_source: str, method: MethodSpec | None = None) -> dict[str, Any]:
     config = load_config(model_source)
-    model = build_on_meta(config)
+    model = build_on_meta(config, trust_remote_code=check_model_source(model_source).trust_remote_code)
     total = sum(p.numel() for p in model.parameters())
     dtypes = Counter(str(p.dtype).removeprefix("torch.") for p in model.parameters())
     answer: dict[str, Any] = {
@@ -75,7 +78,20 @@ def inspect_model(model_source: str, method: MethodSpec | None = None) -> dict[s
     }
     if method is not None:
         with torch.device("meta"):
-            built = method.build(model, None)
+            # Module names checked and peft's errors made readable (MethodRefused is a TrainingError).
+            built = build_method(method.resolved(TrainingSpec()), model, None)
         trainable, with_method = count_parameters(built)
         answer.update({"trainable_params": trainable, "total_params_with_method": with_method})
+        answer.update(_memory_facts(model_source, config, method.resolved(TrainingSpec())))
+    answer["device"] = device_capacity()  # what this worker trains on: the estimate's default capacity
     return answer
+
+
+def _memory_facts(model_source: str, config: Any, method: MethodSpec) -> dict[str, Any]:
+    """The memory profile runspec.estimate works from, or why there is none (never fails the inspection)."""
+    try:
+        trust = check_model_source(model_source).trust_remote_code
+        return {"memory_profile": memory_profile(config, method, trust_remote_code=trust)}
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+        return {"memory_profile_error": f"cannot profile {model_source!r} for a memory estimate: {reason}"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,17 +17,27 @@ from transformers import (
     DataCollatorForSeq2Seq,
     PrinterCallback,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
 
 from runspec import RunSpec
+from runspec.sources import ResolvedSource
 from worker.training.callbacks import ReporterCallback
-from worker.training.data import load_rows, split_eval, tokenize_alpaca
+from worker.training.checkpoints import CheckpointMarkerCallback
+from worker.training.data import prepare_dataset, split_eval
+from worker.training.environment import report_to, run_environment
 from worker.training.errors import TrainingError
+from worker.training.evaluate import report_generation_metrics
+from worker.training.formats import drop_unlearned
+from worker.training.memory import MemoryProbe, estimate_at_start
+from worker.training.method_check import build_method, check_device_needs, first_step_failure
+from worker.training.oom import describe_out_of_memory, free_memory, is_out_of_memory
+from worker.training.probe import record_probe
 from worker.training.reporter import Reporter
 from worker.training.resources import device_description, has_cuda
-from worker.training.sources import looks_like_local_path
+from worker.training.sources import model_load_kwargs, remote_code_kwargs, resolve_model
 
 log = logging.getLogger("tunedeck.training")
 
@@ -43,21 +54,58 @@ class TrainingResult:
     wall_time_seconds: float
 
 
-def train(spec: RunSpec, run_dir: Path, reporter: Reporter) -> TrainingResult:
+def train(
+    spec: RunSpec,
+    run_dir: Path,
+    reporter: Reporter,
+    *,
+    resume_from: Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    memory_estimate: Mapping[str, Any] | None = None,
+) -> TrainingResult:
+    """Train one run. `resume_from`: a complete checkpoint of this run (see checkpoints.py) to continue from.
+    `memory_estimate`: the one stored at submit time; without one (or for another device) it is made here.
+
+    Running out of memory (CUDA or CPU) becomes a TrainingError that says what was needed, what was
+    available and what usually helps."""
+    facts: dict[str, Any] = {"memory_estimate": memory_estimate}
+    try:
+        return _train(spec, run_dir, reporter, resume_from, callbacks, facts, memory_estimate)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        message = describe_out_of_memory(exc, spec, facts)
+    free_memory()  # outside the except block: the failed step's tensors are unreachable now
+    raise TrainingError(message)
+
+
+def _train(
+    spec: RunSpec,
+    run_dir: Path,
+    reporter: Reporter,
+    resume_from: Path | None,
+    extra_callbacks: Sequence[TrainerCallback],
+    facts: dict[str, Any],
+    memory_estimate: Mapping[str, Any] | None = None,
+) -> TrainingResult:
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     with _forward_logs_to(reporter):
         set_seed(spec.training.seed)
         reporter.details(device_description())
+        check_device_needs(spec)  # a paged optimizer on a CPU-only worker: fail before loading anything
+        reporter.details(run_environment(spec))
 
         log.info("loading tokenizer and model %s", spec.model)
         tokenizer = load_tokenizer(spec.model)
-        train_set, eval_set = prepare_data(spec, tokenizer)
+        train_set, eval_set = prepare_data(spec, tokenizer, reporter)
         reporter.details({"train_samples": len(train_set), "eval_samples": len(eval_set) if eval_set else 0})
         log.info("data: %d training samples, %d held out", len(train_set), len(eval_set) if eval_set else 0)
 
-        model = spec.method.build(load_base_model(spec), tokenizer)
+        method = spec.method.resolved(spec.training)  # e.g. AdaLoRA's total_step from training.max_steps
+        model = build_method(method, load_base_model(spec), tokenizer)  # target modules checked: readable refusal
         trainable, total = count_parameters(model)
+        facts.update(trainable_params=trainable, total_params=total)
         reporter.details(
             {
                 "trainable_params": trainable,
@@ -73,6 +121,9 @@ def train(spec: RunSpec, run_dir: Path, reporter: Reporter) -> TrainingResult:
             100.0 * trainable / total if total else 0.0,
         )
 
+        _record_memory_estimate(spec, method, reporter, memory_estimate)
+        # Bytes of parameters, gradients, optimizer state after the first step; peak memory at the end.
+        memory_probe = MemoryProbe(lambda measured: reporter.details({"memory_measured": measured}))
         callback = ReporterCallback(reporter)
         trainer = Trainer(
             model=model,
@@ -80,20 +131,46 @@ def train(spec: RunSpec, run_dir: Path, reporter: Reporter) -> TrainingResult:
             train_dataset=train_set,
             eval_dataset=eval_set,
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-            callbacks=[callback],
+            # The marker callback comes last: it must see a save the reporter asks for on cancel.
+            callbacks=[
+                callback,
+                memory_probe,
+                *method.trainer_callbacks(),
+                *extra_callbacks,
+                CheckpointMarkerCallback(),
+            ],
         )
         trainer.remove_callback(PrinterCallback)  # our callback writes the log
+        if resume_from is not None:
+            log.info("resuming from %s", resume_from.name)
         log.info("training for %d steps", spec.training.max_steps)
-        trainer.train()
+        try:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except Exception as exc:
+            failure = first_step_failure(exc, method, model) if trainer.state.global_step == 0 else None
+            if failure is None:
+                raise
+            raise failure from exc
         steps = trainer.state.global_step
         if eval_set is not None and not callback.cancelled and _needs_final_eval(trainer):
             trainer.evaluate()
 
         artifact_dir = run_dir / ("adapter" if spec.method.is_peft else "model")
-        model.save_pretrained(artifact_dir)
+        method.save(model, artifact_dir)  # PiSSA/OLoRA: converted to apply to the unchanged base
         tokenizer.save_pretrained(artifact_dir)
+        record_probe(model, tokenizer, run_dir)  # final logits on a fixed input, to check exports against
         (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False))
         log.info("saved %s to %s", "adapter" if spec.method.is_peft else "model", artifact_dir)
+        if not callback.cancelled:  # exact match, BLEU, ROUGE-L on held-out prompts (training.eval_generation_*)
+            report_generation_metrics(
+                model,
+                tokenizer,
+                eval_set,
+                samples=spec.training.eval_generation_samples,
+                max_new_tokens=spec.training.eval_max_new_tokens,
+                step=steps,
+                reporter=reporter,
+            )
 
     return TrainingResult(
         trainable_params=trainable,
@@ -107,11 +184,31 @@ def train(spec: RunSpec, run_dir: Path, reporter: Reporter) -> TrainingResult:
     )
 
 
-def load_tokenizer(model_source: str) -> Any:
-    check_model_source(model_source)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def _record_memory_estimate(spec: RunSpec, method: Any, reporter: Reporter, stored: Mapping[str, Any] | None) -> None:
+    """details.memory_estimate for this device when the submit-time one is missing; never fails the run."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_source, trust_remote_code=False)
+        estimate = estimate_at_start(spec, method, stored)
     except Exception as exc:
+        log.info("no memory estimate: %s", (str(exc).splitlines() or [type(exc).__name__])[0][:300])
+        return
+    if estimate is not None:
+        reporter.details({"memory_estimate": estimate})
+
+
+def load_tokenizer(model_source: str) -> Any:
+    resolved = check_model_source(model_source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.location, **remote_code_kwargs(resolved))
+    except Exception as exc:
+        folder = Path(model_source).expanduser()
+        if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise TrainingError(
+                f"model folder {model_source!r} has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); "
+                "save it next to the weights with tokenizer.save_pretrained(folder)"
+            ) from exc
         raise TrainingError(model_load_error(model_source, exc)) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -119,10 +216,18 @@ def load_tokenizer(model_source: str) -> Any:
 
 
 def load_base_model(spec: RunSpec) -> Any:
-    kwargs: dict[str, Any] = {"trust_remote_code": False, "dtype": torch.float32}
+    resolved = check_model_source(spec.model)
+    if resolved.kind == "local" and not any(Path(resolved.location).glob("*.safetensors")):
+        raise TrainingError(
+            f"model folder {spec.model!r} has no .safetensors weights; tunedeck reads weights only from safetensors "
+            "files (a .bin or .pt file is a pickle, which can run code when loaded). Re-save the model with "
+            "save_pretrained (safetensors is the default)."
+        )
+    # safetensors only (never a pickle), trust_remote_code only for an allow-listed hub id at its pinned commit
+    kwargs: dict[str, Any] = {**model_load_kwargs(resolved), "dtype": torch.float32}
     kwargs.update(spec.method.model_load_kwargs())
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec.model, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolved.location, **kwargs)
     except Exception as exc:
         raise TrainingError(model_load_error(spec.model, exc)) from exc
     if spec.training.gradient_checkpointing:
@@ -130,9 +235,14 @@ def load_base_model(spec: RunSpec) -> Any:
     return model
 
 
-def prepare_data(spec: RunSpec, tokenizer: Any) -> tuple[Any, Any | None]:
-    rows = load_rows(spec.dataset)
-    tokenized = tokenize_alpaca(rows, tokenizer, spec.training.max_length)
+def prepare_data(spec: RunSpec, tokenizer: Any, reporter: Reporter | None = None) -> tuple[Any, Any | None]:
+    """Rows → tokenized samples under the spec's format and template (see formats.py), split for evaluation."""
+    max_length = spec.training.max_length
+    prepared = prepare_dataset(spec.dataset, tokenizer, max_length, model_label=repr(spec.model), log=log)
+    if reporter is not None:
+        truncated = sum(1 for length in prepared.tokenized["full_length"] if length > max_length)
+        reporter.details({"dataset": {**prepared.facts, "truncated": truncated}})
+    tokenized = drop_unlearned(prepared.tokenized)
     if len(tokenized) == 0:
         raise TrainingError(
             f"no sample of dataset {spec.dataset.source!r} has a response within max_length="
@@ -178,15 +288,17 @@ def training_arguments(spec: RunSpec, run_dir: Path, *, has_eval: bool) -> Train
         logging_steps=t.logging_steps,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=eval_interval(spec),
-        save_strategy="no",
-        report_to="none",
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=2,  # the newest may be half-written when the process dies: keep the one before it
+        report_to=report_to(spec, run_dir),
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         gradient_checkpointing=t.gradient_checkpointing,
         bf16=bf16,
         fp16=t.precision == "fp16",
         use_cpu=not cuda,
-        optim="adamw_torch",
+        optim=t.optim,
         label_names=["labels"],
         dataloader_num_workers=0,
     )
@@ -200,17 +312,21 @@ def _needs_final_eval(trainer: Trainer) -> bool:
     return trainer.state.global_step % int(trainer.args.eval_steps or 1) != 0
 
 
-def check_model_source(source: str) -> None:
-    path = Path(source).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise TrainingError(f"model folder {source!r} has no config.json; is it a transformers model folder?")
-    elif looks_like_local_path(source):
-        raise TrainingError(f"model path {source!r} does not exist")
+def check_model_source(source: str) -> ResolvedSource:
+    """A hub id, or a model folder inside the worker's data roots that asks to run no code of its own.
+
+    TrainingError otherwise (a URL, a path outside the roots or through a link out of them, auto_map)."""
+    return resolve_model(source)
 
 
 def model_load_error(source: str, exc: BaseException) -> str:
-    reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500]
+    reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500].rstrip(" .:")
+    if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+        return (
+            f"model {source!r} needs its own code to load, which tunedeck does not run. Use a model whose "
+            "architecture transformers ships, or ask the operator to add it to TUNEDECK_REMOTE_CODE_ALLOWLIST "
+            "pinned to a commit (org/name@<40-hex commit>)."
+        )
     if Path(source).expanduser().exists():
         return f"could not load model from {source!r}: {reason}"
     return (

@@ -1,0 +1,210 @@
+"""Run faults and recovery: a lost worker, resume, automatic retries.
+
+Every change is a conditional UPDATE through runs._transition (the row is the lock) and leaves a RunEvent
+with its reason. Functions here never enqueue: callers commit, then call `enqueue_attempts` with what they
+got back (one transaction per unit of work, tasks sent only after the commit).
+
+A run is lost when its worker stops proving it is alive:
+* a killed pool process is seen at once by the Celery worker's main process (task_failure with
+  WorkerLostError, see worker/lifecycle.py), which calls `fail_lost_attempt`;
+* a killed main worker process (its pool processes die with it) stops the heartbeats; `reap_lost_runs`
+  fails every running run whose heartbeat is older than TUNEDECK_HEARTBEAT_TIMEOUT_SECONDS. The web calls
+  it when runs are read (`detect_lost_runs`), and every worker calls it from a timer, so a lost run is
+  retried even when nobody is looking at the dashboard.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from app.models import Run, RunEvent, RunStatus, utcnow
+from app.services import runs as run_service
+from app.services.runs import InvalidTransition, _transition
+from runspec import RunSpec
+
+log = logging.getLogger(__name__)
+
+WORKER_LOST = "worker lost"
+AUTO_RETRY_REASON = "retrying automatically"
+RESUMABLE = (RunStatus.failed, RunStatus.cancelled)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A run to (re)queue after the commit: the task is sent for exactly this attempt."""
+
+    run_id: int
+    attempt: int
+
+
+def _requeue_values() -> dict[str, object]:
+    return {
+        "attempt": Run.attempt + 1,
+        "cancel_requested": False,
+        "error": None,
+        "finished_at": None,
+        "eta_seconds": None,
+        "worker": None,
+    }
+
+
+def _fresh(session: Session, run_id: int) -> Run:
+    """The run as the database has it now (conditional UPDATEs do not refresh loaded objects)."""
+    run = session.get(Run, run_id, populate_existing=True)
+    if run is None:
+        raise run_service.RunNotFound(run_id)
+    return run
+
+
+def resume_run(session: Session, run_id: int) -> Attempt:
+    """Queue a failed or cancelled run again as a new attempt; the worker continues from its last checkpoint."""
+    run = _fresh(session, run_id)
+    current = run.attempt
+    if run.status_enum not in RESUMABLE or not _transition(
+        session,
+        run_id,
+        expected=RESUMABLE,
+        to=RunStatus.queued,
+        attempt=current,
+        reason=f"resumed by the user (attempt {current + 1})",
+        values=_requeue_values(),
+    ):
+        session.refresh(run)
+        raise InvalidTransition(f"run {run_id} is {run.status}; only failed or cancelled runs can be resumed")
+    session.refresh(run)
+    return Attempt(run_id, run.attempt)
+
+
+def retry_if_allowed(session: Session, run_id: int, cause: str) -> Attempt | None:
+    """After an infrastructure failure: queue the next attempt if the spec's max_retries allows another."""
+    run = _fresh(session, run_id)
+    if run.status_enum is not RunStatus.failed:
+        return None
+    allowed = RunSpec.model_validate(run.spec).training.max_retries
+    used = (
+        session.scalar(
+            select(func.count())
+            .select_from(RunEvent)
+            .where(RunEvent.run_id == run_id, RunEvent.reason.like(f"{AUTO_RETRY_REASON}%"))
+        )
+        or 0
+    )
+    if used >= allowed:
+        return None
+    if not _transition(
+        session,
+        run_id,
+        expected=[RunStatus.failed],
+        to=RunStatus.queued,
+        attempt=run.attempt,
+        reason=f"{AUTO_RETRY_REASON} ({used + 1} of {allowed}, attempt {run.attempt + 1}) after: {cause}"[:2000],
+        values=_requeue_values(),
+    ):
+        return None
+    session.refresh(run)
+    return Attempt(run_id, run.attempt)
+
+
+def fail_lost_attempt(session: Session, run_id: int, attempt: int, reason: str) -> Attempt | None:
+    """The process training `attempt` died. Fail the run (if it still is that attempt) and maybe retry it.
+
+    A queued run is failed too: its pool process may have died before claiming it, and Celery does not
+    deliver the task again."""
+    if not _transition(
+        session,
+        run_id,
+        expected=[RunStatus.running, RunStatus.queued],
+        to=RunStatus.failed,
+        attempt=attempt,
+        reason=reason,
+        values={"error": reason, "finished_at": utcnow(), "eta_seconds": None},
+    ):
+        return None
+    return retry_if_allowed(session, run_id, reason)
+
+
+def reap_lost_runs(session: Session, timeout_seconds: float) -> list[Attempt]:
+    """Fail every running run whose heartbeat is older than the timeout; returns the retries to enqueue."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=timeout_seconds)
+    last_sign = func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at)
+    stale = session.execute(
+        select(Run.id, Run.attempt, Run.heartbeat_at).where(
+            Run.status == RunStatus.running.value, or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < cutoff)
+        )
+    ).all()
+    retries = []
+    for run_id, attempt, heartbeat_at in stale:
+        silent = f"{(now - run_service._aware(heartbeat_at)).total_seconds():.0f} s" if heartbeat_at else "ever"
+        reason = (
+            f"{WORKER_LOST}: no heartbeat for {silent} (TUNEDECK_HEARTBEAT_TIMEOUT_SECONDS={timeout_seconds:g}); "
+            "the worker process was killed, crashed or lost its connection to the database"
+        )
+        if _transition(
+            session,
+            run_id,
+            expected=[RunStatus.running],
+            to=RunStatus.failed,
+            attempt=attempt,
+            # Checked again in the UPDATE: a heartbeat that arrived meanwhile keeps the run alive.
+            where=[last_sign < cutoff],
+            reason=reason,
+            values={"error": reason, "finished_at": now, "eta_seconds": None},
+        ):
+            log.warning("run %s attempt %s: %s", run_id, attempt, reason)
+            retry = retry_if_allowed(session, run_id, reason)
+            if retry:
+                retries.append(retry)
+    return retries
+
+
+def enqueue_attempts(attempts: list[Attempt]) -> None:
+    """Send the training task for each attempt. Call only after the commit that queued them."""
+    if not attempts:
+        return
+    from app.db import session_scope
+    from worker.celery_app import TRAIN_TASK, celery_app
+
+    for item in attempts:
+        try:
+            celery_app.send_task(TRAIN_TASK, args=[item.run_id, item.attempt])
+        except Exception as exc:
+            with session_scope() as session:
+                run_service.fail_queued(
+                    session, item.run_id, f"could not queue the run: the task broker is unreachable ({exc})"
+                )
+
+
+_last_reap = 0.0
+_reap_lock = threading.Lock()
+
+
+def detect_lost_runs(min_interval: float = 1.0) -> None:
+    """Reap lost runs in a transaction of its own, then queue their retries. At most once per `min_interval`
+    per process; called before runs are read (API, pages) and from every worker's timer."""
+    global _last_reap
+    from app.db import session_scope
+    from app.settings import get_settings
+
+    with _reap_lock:
+        if time.monotonic() - _last_reap < min_interval:
+            return
+        _last_reap = time.monotonic()
+    try:
+        with session_scope() as session:
+            retries = reap_lost_runs(session, get_settings().heartbeat_timeout_seconds)
+        enqueue_attempts(retries)
+    except Exception:  # reading runs must not fail because the reaper could not write
+        log.exception("could not check for lost runs")
+
+
+def check_lost_runs() -> None:
+    """FastAPI dependency of the endpoints that read runs: their status is current when shown."""
+    detect_lost_runs()

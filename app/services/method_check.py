@@ -1,0 +1,72 @@
+"""Submit-time check that the method fits the model: its target modules exist, the architecture takes it.
+
+The web process cannot import torch, so a service worker answers (`tunedeck.service.check_method`: the model is
+built from its config on the meta device, without weights, and the method applied to it). When no worker answers
+in time the run is queued anyway: the training checks the same at its start and fails at once with the same
+message. After a check went unanswered (a deployment without a service worker), later submits only take a quick
+look until a worker answers again, so they are not held up each time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from app.services.sources import SpecRefused
+from app.settings import get_settings
+from runspec import RunSpec
+
+CHECK_METHOD_TASK = "tunedeck.service.check_method"
+#: How long a submit waits while the last check went unanswered.
+QUICK_LOOK_SECONDS = 3.0
+
+log = logging.getLogger(__name__)
+_unanswered = threading.Event()  # set while the last check got no answer in time
+
+
+def check_method_fits_model(spec: RunSpec, timeout: float | None = None) -> None:
+    """Raise SpecRefused ({method field: message listing the names the model has}) when a worker finds the method
+    cannot be applied to the model. Returns quietly when it fits, or when the check could not be made."""
+    if not spec.method.is_peft:
+        return
+    timeout = get_settings().method_check_timeout_seconds if timeout is None else timeout
+    if timeout <= 0:
+        return
+    if _unanswered.is_set():
+        timeout = min(timeout, QUICK_LOOK_SECONDS)
+    args = [spec.model, spec.method.model_dump(mode="json"), spec.training.model_dump(mode="json")]
+    try:
+        answer = _ask_worker(args, timeout)
+    except Exception as exc:  # broker or result backend unreachable: queueing reports the broker itself
+        log.warning("method not checked before queueing: %s: %s", type(exc).__name__, exc)
+        return
+    if answer is None:
+        _unanswered.set()
+        log.warning("method not checked before queueing: no worker answered within %.1f s", timeout)
+        return
+    _unanswered.clear()
+    if not answer.get("ok") or not answer.get("checked"):
+        log.info("method not checked before queueing: %s", answer.get("reason") or answer.get("error"))
+        return
+    problems = answer.get("problems") or {}
+    if problems:
+        raise SpecRefused([(str(field), str(message)) for field, message in problems.items()])
+
+
+def _ask_worker(args: list[Any], timeout: float) -> dict[str, Any] | None:
+    """The service task's answer, or None when none came within `timeout`. The task expires unanswered soon
+    after, so a worker that starts later does not work through a backlog of stale checks."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from worker.celery_app import SERVICE_QUEUE, celery_app
+
+    result = celery_app.send_task(
+        CHECK_METHOD_TASK, args=args, queue=SERVICE_QUEUE, ignore_result=False, expires=max(30.0, 3 * timeout)
+    )
+    try:
+        return dict(result.get(timeout=timeout, propagate=True))
+    except CeleryTimeout:
+        return None
+    finally:
+        result.forget()

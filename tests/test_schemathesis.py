@@ -1,0 +1,70 @@
+"""Fuzz the REST API from its own OpenAPI schema with schemathesis: no generated request may get a 5xx.
+
+Bounded: the examples, fuzzing and stateful phases with a fixed seed and at most MAX_EXAMPLES cases per operation
+(about a minute). The coverage phase is left out: it enumerates thousands of boundary cases (five minutes
+here), and the boundaries that matter (huge ids, NaN, wrong types, traversal) are rows of test_bad_input.py.
+
+The stack is this module's own, with a service worker but no training worker: the fuzzer's valid specs queue
+runs (and sweeps queue many), which must not land on the shared stack's worker and train for minutes. Nothing
+trains here; whether a request is stored or refused is answered by the web process (and, for a model's modules,
+by the service worker) either way.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.stack import Stack, stack_env
+
+pytestmark = pytest.mark.security
+
+MAX_EXAMPLES = 10
+SEED = 20260101
+
+
+@pytest.fixture(scope="module")
+def fuzz_stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("fuzz-stack")
+    # A submit waits at most 2 s for the method check (then the run is queued and checked at its start).
+    stack = Stack(data_dir=data_dir, env=stack_env(data_dir, TUNEDECK_METHOD_CHECK_TIMEOUT_SECONDS="2"))
+    try:
+        stack.start_server()
+        stack.start_worker("service")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_no_generated_request_gets_a_server_error(fuzz_stack: Stack, tmp_path: Path) -> None:
+    command = [
+        str(Path(sys.executable).parent / "st"),
+        "--no-color",
+        "run",
+        f"{fuzz_stack.base_url}/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--phases",
+        "examples,fuzzing,stateful",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--workers",
+        "1",
+        "--request-timeout",
+        "120",
+        "--generation-database",
+        "none",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-12_000:]
+    assert "Server error" not in output
+    tested = [line for line in output.splitlines() if "generated" in line and "passed" in line]
+    assert tested, output[-4000:]
