@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench.compare_api", "bench.load_submit")
+BENCHMARKS = ("bench.compare_api", "bench.load_submit", "bench.gpu_memory")
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ NVML instead when pynvml is installed).
     python -m bench.gpu_memory --write BENCHMARKS.md  # and put the table into BENCHMARKS.md
     python -m bench.gpu_memory --cpu-smoke            # no GPU: a tiny Bloom, 2 steps, peak tracked on the CPU
 
-On a CPU the peak comes from PyTorch's MemTracker (torch.distributed._tools.mem_tracker), which follows every
-tensor allocated while training: the same quantity as max_memory_allocated, for the CPU.
+On a CPU the peak comes from worker.training.memory.LivePeak, which follows every tensor storage allocated while
+training (a dispatch mode and weak references): the quantity max_memory_allocated counts, for the CPU. It does not
+see temporaries inside custom kernels (bitsandbytes de-quantizing a 4-bit weight), which a GPU's counter does.
 """
 
 from __future__ import annotations
@@ -208,7 +209,11 @@ def human(value: float | None) -> str:
 def table(cells: list[Cell], device_label: str) -> str:
     rows = [
         f"Device: {device_label}. Estimate: runspec.estimate's allocated peak (no framework overhead); measured: "
-        + ("torch.cuda.max_memory_allocated" if "CPU" not in device_label else "MemTracker's peak on the CPU")
+        + (
+            "torch.cuda.max_memory_allocated"
+            if "CPU" not in device_label
+            else "the peak of all live tensor storages on the CPU (worker.training.memory.LivePeak)"
+        )
         + ".",
         "",
         "| model | method | seq | grad. ckpt | estimate | measured | error | peak phase (estimate) | "

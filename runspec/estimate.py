@@ -1113,7 +1113,10 @@ def suggest(
         return estimate_memory(candidate, candidate_profile, device=estimate.device).total_peak_bytes
 
     for change, patch in candidate_changes(spec):
-        candidate = apply_patch(spec, patch)
+        try:
+            candidate = apply_patch(spec, patch)
+        except ValueError:  # not allowed for this method (prefix tuning refuses gradient checkpointing)
+            continue
         size = total(candidate, profile)
         if size <= capacity:
             return Suggestion(change, patch, size)
@@ -1126,7 +1129,10 @@ def suggest(
                 candidate = qspec
                 if gc and not qspec.training.gradient_checkpointing:
                     qpatch["training.gradient_checkpointing"] = True
-                    candidate = apply_patch(qspec, {"training.gradient_checkpointing": True})
+                    try:
+                        candidate = apply_patch(qspec, {"training.gradient_checkpointing": True})
+                    except ValueError:
+                        continue
                 size = total(candidate, qprofile)
                 if size <= capacity:
                     what = "switch to QLoRA (LoRA on a 4-bit NF4 base)" + (" with gradient checkpointing" if gc else "")

@@ -56,7 +56,7 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=30)
+        return httpx.Client(base_url=self.base_url, timeout=120)
 
     def start_server(self) -> None:
         log = open(self.data_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115 - lives as long as the process

@@ -267,7 +267,8 @@ def test_api_estimate(sqlite_stack: Stack, tiny_assets: Any) -> None:
 
 @pytest.fixture
 def service_worker_up(sqlite_stack: Stack, tiny_assets: Any) -> Stack:
-    """The stack once its service worker answers (the API waits for a cold worker longer than the form does)."""
+    """The stack once its service worker answers (the API waits for a cold worker longer than the form does;
+    the stack's client outwaits the server's RPC timeout)."""
     with sqlite_stack.client() as client:
         warm = tiny_spec(tiny_assets, "warm", training={"max_length": 64})
         assert client.post("/api/estimate", json=warm).status_code == 200

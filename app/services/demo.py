@@ -17,7 +17,7 @@ DEMO_DATASET = "data/demo_alpaca.jsonl"
 
 #: Training shared by every demo run: a couple of minutes for all of them on two CPU cores.
 DEMO_TRAINING: dict[str, Any] = {
-    "max_steps": 100,
+    "max_steps": 80,
     "batch_size": 8,
     "max_length": 256,
     "eval_steps": 20,
@@ -25,7 +25,7 @@ DEMO_TRAINING: dict[str, Any] = {
     "eval_generation_samples": 8,
     "eval_max_new_tokens": 32,
 }
-RANK_SWEEP_STEPS = 80
+RANK_SWEEP_STEPS = 60
 LORA_TARGETS = ["query_key_value", "dense_h_to_4h"]
 
 

@@ -28,7 +28,7 @@ def submit_run(session: Session, spec: RunSpec) -> Run:
     to run custom code, or when a worker finds the method does not fit the model (a target module it lacks)."""
     check_sources(spec)
     check_method_fits_model(spec)
-    estimate = estimate_at_submit(spec)  # None when no worker answers soon: the training worker makes it then
+    estimate = estimate_at_submit(spec, session)  # None when no worker answers soon: the worker makes it at start
     run = run_service.create_run(session, spec)
     if estimate is not None:
         run.details = {**(run.details or {}), "memory_estimate": estimate}

@@ -16,7 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from app.services.worker_rpc import WorkerRefused, WorkerUnavailable, call_worker
+from app.services.workers import live_workers
+from app.settings import get_settings
 from runspec import METHODS, RunSpec
 from runspec.estimate import Estimate, EstimateError, estimate_memory, suggest, with_suggestion
 
@@ -85,6 +89,21 @@ def profile_for(model: str, method: Mapping[str, Any], timeout: float | None = N
     return found
 
 
+def training_gpu(session: Session) -> tuple[int, str] | None:
+    """The largest GPU a live training worker reported in its heartbeat (nvidia-smi): bytes and a label."""
+    from worker.celery_app import TRAINING_QUEUE
+
+    best: tuple[int, str] | None = None
+    for worker in live_workers(session, get_settings().heartbeat_seconds):
+        if TRAINING_QUEUE not in (worker.queues or "").split(","):
+            continue
+        for gpu in (worker.details or {}).get("gpus") or []:
+            size = int(gpu.get("memory_total_bytes") or 0)
+            if size and (best is None or size > best[0]):
+                best = (size, f"{gpu.get('name') or 'GPU'} of training worker {worker.name}")
+    return best
+
+
 def estimate_spec(
     spec: RunSpec,
     *,
@@ -92,16 +111,21 @@ def estimate_spec(
     device_memory_bytes: int | None = None,
     timeout: float | None = None,
     with_suggestions: bool = True,
+    session: Session | None = None,
 ) -> Estimate:
-    """The memory `spec` needs. Device: as given, else the kind of the worker that answered (a GPU worker: cuda).
-    Capacity: as given, else what that worker reported for its device. Raises EstimateUnavailable."""
+    """The memory `spec` needs. Device and capacity: as given; else the largest GPU a live training worker reported
+    (with `session`); else the device of the worker that answered (its GPU, or its RAM on a CPU-only worker).
+    Raises EstimateUnavailable."""
     method = spec.method.resolved(spec.training)
     found = profile_for(spec.model, method.model_dump(mode="json"), timeout)
     worker = found.device or {}
-    kind = device or ("cuda" if spec.method.requires_cuda else str(worker.get("kind") or "cuda"))
+    gpu = training_gpu(session) if session is not None and device in (None, "cuda") else None
+    kind = device or ("cuda" if spec.method.requires_cuda or gpu else str(worker.get("kind") or "cuda"))
     source = None
     if device_memory_bytes:
         source = "given"
+    elif gpu is not None and kind == "cuda":
+        device_memory_bytes, source = gpu
     elif worker.get("kind") == kind and worker.get("memory_bytes"):
         device_memory_bytes = int(worker["memory_bytes"])
         source = f"{worker.get('name') or kind} reported by a worker"
@@ -140,12 +164,12 @@ def _qlora_alternative(spec: RunSpec, timeout: float | None) -> tuple[RunSpec, M
     return candidate, found.profile
 
 
-def estimate_at_submit(spec: RunSpec) -> dict[str, Any] | None:
+def estimate_at_submit(spec: RunSpec, session: Session | None = None) -> dict[str, Any] | None:
     """The estimate stored with a new run, or None when no worker answered soon enough (the training worker then
     makes it at its start). Never raises: a run is launched whether or not it could be estimated."""
     timeout = QUICK_LOOK_SECONDS if _unanswered.is_set() else SUBMIT_TIMEOUT_SECONDS
     try:
-        estimate = estimate_spec(spec, timeout=timeout, with_suggestions=False)
+        estimate = estimate_spec(spec, timeout=timeout, with_suggestions=False, session=session)
     except EstimateUnavailable as exc:
         if exc.retry_later:
             _unanswered.set()

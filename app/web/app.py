@@ -11,6 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DataError
 
 from app import __version__
 from app.services.sources import SpecRefused
@@ -66,6 +67,11 @@ async def _spec_refused(request: Request, exc: SpecRefused) -> JSONResponse:
     return await _validation_error(request, RequestValidationError(exc.as_validation_errors()))
 
 
+async def _id_out_of_range(request: Request, exc: Exception) -> JSONResponse:
+    """An id too large for the database's integer column names nothing that exists: 404, not 500."""
+    return JSONResponse(status_code=status.HTTP_404_NOT_FOUND, content={"detail": "no such id (out of range)"})
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="tunedeck",
@@ -75,6 +81,9 @@ def create_app() -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(SpecRefused, _spec_refused)  # type: ignore[arg-type]
+    # SQLite raises OverflowError and PostgreSQL a DataError for an integer id beyond 64/32 bits.
+    app.add_exception_handler(OverflowError, _id_out_of_range)
+    app.add_exception_handler(DataError, _id_out_of_range)
     security.install(app)  # host check, cross-site refusal, token + login (app/web/security.py)
     errors.install(app)  # out-of-range numbers from the database layer: 422, not 500
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

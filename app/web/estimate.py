@@ -39,6 +39,7 @@ BAR_ORDER = (
 @api_router.post("/estimate")
 def estimate(
     spec: RunSpec,
+    session: SessionDep,
     device_memory_bytes: Annotated[
         int | None, Query(ge=1, description="Compare with a device of this size. Default: what a worker reported.")
     ] = None,
@@ -50,7 +51,7 @@ def estimate(
     """The memory a run spec (the body of POST /api/runs) needs, in bytes per component with the formula behind
     each line, its peak, and whether it fits the device. 422 with the reason when it cannot be estimated."""
     try:
-        result = estimate_spec(spec, device=device, device_memory_bytes=device_memory_bytes)
+        result = estimate_spec(spec, device=device, device_memory_bytes=device_memory_bytes, session=session)
     except EstimateUnavailable as exc:
         code = status.HTTP_503_SERVICE_UNAVAILABLE if exc.retry_later else status.HTTP_422_UNPROCESSABLE_CONTENT
         raise HTTPException(code, f"no estimate: {exc.reason}") from None
@@ -112,7 +113,7 @@ def _view(estimate: Estimate) -> EstimateView:
 
 
 @page_router.post("/runs/new/estimate", response_class=HTMLResponse)
-async def estimate_block(request: Request) -> Response:
+async def estimate_block(request: Request, session: SessionDep) -> Response:
     """The form's estimate block, recomputed from whatever the form holds now (never an error page)."""
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
     device = form.get("_estimate.device") or None
@@ -133,7 +134,12 @@ async def estimate_block(request: Request) -> Response:
         spec = RunSpec.model_validate(values)
         # In a thread: the estimate waits on a worker, which must not stall the event loop (every other request).
         result = await run_in_threadpool(
-            estimate_spec, spec, device=device, device_memory_bytes=memory, timeout=FORM_TIMEOUT_SECONDS
+            estimate_spec,
+            spec,
+            device=device,
+            device_memory_bytes=memory,
+            timeout=FORM_TIMEOUT_SECONDS,
+            session=session,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{field}: {message}" for field, message in errors_by_field(exc).items())
