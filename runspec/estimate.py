@@ -134,6 +134,7 @@ class AdaptedModule:
     in_features: int
     out_features: int
     count: int
+    feedforward: bool = False  # IA³: scales the layer's input (feed-forward) rather than its output
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,7 @@ class ModelFacts:
                     in_features=int(m["in"]),
                     out_features=int(m["out"]),
                     count=int(m.get("count") or 1),
+                    feedforward=bool(m.get("feedforward")),
                 )
                 for m in method.get("adapted_modules") or []
             ),
@@ -355,11 +357,13 @@ class RunShape:
 
 @dataclass(frozen=True)
 class ActivationTerm:
-    """Activation memory a method adds, in bytes per token for the whole model (spread over its layers)."""
+    """Activation memory a method adds, for the whole model (spread over its layers): bytes per token, and bytes
+    that do not depend on the batch (a weight-sized tensor an adapter builds in each forward pass)."""
 
     label: str
     bytes_per_token: float
     formula: str
+    fixed_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -402,6 +406,52 @@ def adapter_memory(
         pieces.append(f"rank-{rank} intermediate {run.compute_bytes} B·r")
     formula = f"per token and adapted module: {' + '.join(pieces) or '0'}; over {', '.join(parts)}"
     return MethodMemory(terms=(ActivationTerm(label, total, formula),))
+
+
+def delta_weight_memory(facts: ModelFacts, run: RunShape, *, label: str) -> MethodMemory:
+    """LoHa, LoKr: each adapted layer builds its full update ΔW (out×in) in every forward pass and its matmul keeps
+    it for backward, with the layer's input (for ΔW's gradient)."""
+    per_token = sum(run.compute_bytes * m.in_features * m.count for m in facts.adapted_modules)
+    fixed = sum(run.compute_bytes * m.in_features * m.out_features * m.count for m in facts.adapted_modules)
+    if not facts.adapted_modules:
+        return MethodMemory()
+    formula = (
+        f"per adapted layer: ΔW {run.compute_bytes}·in·out (built each forward pass) + input {run.compute_bytes} B·in "
+        f"per token; over {', '.join(f'{m.count}× {m.name}' for m in facts.adapted_modules)}"
+    )
+    return MethodMemory(terms=(ActivationTerm(label, per_token, formula, fixed),))
+
+
+def vera_memory(facts: ModelFacts, run: RunShape, *, label: str, rank: int, dropout: float) -> MethodMemory:
+    """VeRA: the frozen shared A, B keep no input; the scaling vectors keep the rank-r intermediate and the output;
+    under autocast each layer casts its slices of A and B again."""
+    per_token = 0.0
+    fixed = 0.0
+    for m in facts.adapted_modules:
+        per = run.compute_bytes * (rank + m.out_features)
+        if dropout > 0:
+            per += (run.mask_bytes + run.compute_bytes) * m.in_features
+        per_token += per * m.count
+        if run.autocast:
+            fixed += run.compute_bytes * rank * (m.in_features + m.out_features) * m.count
+    if not facts.adapted_modules:
+        return MethodMemory()
+    formula = f"per adapted layer and token {run.compute_bytes}·(r + out) with r = {rank}" + (
+        f"; each layer's {run.compute_bytes}-byte copy of A and B: r·(in + out)" if run.autocast else ""
+    )
+    return MethodMemory(terms=(ActivationTerm(label, per_token, formula, fixed),))
+
+
+def ia3_memory(facts: ModelFacts, run: RunShape, *, label: str) -> MethodMemory:
+    """IA³: a feed-forward layer's scaled input, or another layer's output before it is scaled."""
+    per_token = sum(
+        run.compute_bytes * (m.in_features if m.feedforward else m.out_features) * m.count
+        for m in facts.adapted_modules
+    )
+    if not facts.adapted_modules:
+        return MethodMemory()
+    formula = f"per adapted layer and token: {run.compute_bytes}·in (feed-forward layers) or {run.compute_bytes}·out"
+    return MethodMemory(terms=(ActivationTerm(label, per_token, formula),))
 
 
 def default_method_memory(method: MethodSpec, facts: ModelFacts, run: RunShape) -> MethodMemory:
@@ -723,6 +773,7 @@ def activation_lines(facts: ModelFacts, run: RunShape, method_memory: MethodMemo
     if facts.embedding_dropout > 0 and grad_from_start:
         stem += run.mask_bytes * h
     method_tokens = sum(term.bytes_per_token for term in method_memory.terms)
+    method_fixed = sum(term.fixed_bytes for term in method_memory.terms)
     # Backward of one layer: its largest temporaries (the probabilities' gradient and the softmax backward, or the
     # activation function's backward and its output gradient) plus the hidden states' gradients.
     workspace = (
@@ -772,8 +823,8 @@ def activation_lines(facts: ModelFacts, run: RunShape, method_memory: MethodMemo
         "all_layers": all_layers - first_layer_saving * tokens,
         "checkpoint_inputs": checkpoint_inputs,
         "stem": stem * tokens,
-        "method": method_tokens * tokens,
-        "method_per_layer": method_tokens * tokens / layers,
+        "method": method_tokens * tokens + method_fixed,
+        "method_per_layer": (method_tokens * tokens + method_fixed) / layers,
         "logits_backward": logits_backward,
         "logits_forward": logits_forward,
         "prompt": prompt_bytes,
@@ -938,7 +989,7 @@ def estimate_memory(
             Line(
                 "activations.method",
                 term.label,
-                int(term.bytes_per_token * run.tokens),
+                int(term.bytes_per_token * run.tokens + term.fixed_bytes),
                 term.formula + (" (recomputed with the layers under gradient checkpointing)" if gc else ""),
             )
         )

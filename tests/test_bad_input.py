@@ -229,11 +229,15 @@ CASES: list[Case] = [
     # ids and queries
     get_case("run-id-not-a-number", "/api/runs/abc", field="run_id"),
     get_case("run-id-percent-traversal", "/api/runs/%2e%2e%2fetc", status=frozenset({404, 422})),
-    get_case("run-id-beyond-64-bits", "/api/runs/99999999999999999999999", says="out of range"),
+    get_case(
+        "run-id-beyond-64-bits", "/api/runs/99999999999999999999999", status=frozenset({404, 422}), says="out of range"
+    ),
     get_case("list-limit-zero", "/api/runs?limit=0", field="limit"),
     get_case("list-limit-text", "/api/runs?limit=many", field="limit"),
     get_case("list-unknown-status", "/api/runs?status=exploded", field="status"),
-    get_case("list-offset-beyond-64-bits", f"/api/runs?offset={10**30}", says="out of range"),
+    get_case(
+        "list-offset-beyond-64-bits", f"/api/runs?offset={10**30}", status=frozenset({404, 422}), says="out of range"
+    ),
     get_case("logs-too-many-lines", "/api/runs/1/logs?lines=100000", field="lines"),
     Case(
         "inspect-outside-roots",

@@ -47,7 +47,7 @@ def load_stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any) -> It
         stack.stop()
 
 
-@pytest.mark.timeout(2400)  # 200 trainings on two workers: about 3 minutes on an idle 2-core machine
+@pytest.mark.timeout(2400)  # 200 trainings on two workers: 9-10 minutes on the loaded development machine
 def test_200_concurrent_submissions_each_execute_exactly_once(load_stack: Stack, tiny_assets: Any) -> None:
     specs = [stub_spec(tiny_assets.model_dir, tiny_assets.dataset_path, f"load-{i}") for i in range(RUNS)]
     with Prober(load_stack.base_url) as while_submitting:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DataError
 from app import __version__
 from app.services.sources import SpecRefused
 from app.settings import get_settings
-from app.web import api, api_compare, api_sweeps, errors, inference, pages, pages_compare, security
+from app.web import api, api_compare, api_sweeps, inference, pages, pages_compare, security
 from app.web import datasets as datasets_web
 from app.web import estimate as estimate_web
 from app.web import exports as exports_web
@@ -85,7 +85,6 @@ def create_app() -> FastAPI:
     app.add_exception_handler(OverflowError, _id_out_of_range)
     app.add_exception_handler(DataError, _id_out_of_range)
     security.install(app)  # host check, cross-site refusal, token + login (app/web/security.py)
-    errors.install(app)  # out-of-range numbers from the database layer: 422, not 500
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(api.router)
     app.include_router(inference.api_router)

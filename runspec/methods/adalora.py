@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from runspec.methods.base import MethodSpec, ModuleList, peft_targets, target_modules_help
 
 if TYPE_CHECKING:
+    from runspec.estimate import MethodMemory, ModelFacts, RunShape
     from runspec.spec import TrainingSpec
 
 
@@ -76,6 +77,12 @@ class AdaLoraSpec(MethodSpec):
             # Only counting parameters (no training settings known): any schedule that peft accepts will do.
             total_step=self.total_step or self.tinit + self.tfinal + 1,
         )
+
+    def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
+        """Memory estimate: LoRA's activations at the initial rank (dropout mask, input, rank-sized intermediate)."""
+        from runspec.estimate import adapter_memory
+
+        return adapter_memory(model, run, label=f"{self.label} adapters", rank=self.init_r, dropout=self.lora_dropout)
 
     def build(self, model: Any, tokenizer: Any) -> Any:
         from peft import get_peft_model

@@ -7,11 +7,14 @@ layers, not for the Conv1D layers of GPT-2 style models.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from runspec.methods.base import MethodSpec, ModuleList, peft_targets, target_modules_help
+
+if TYPE_CHECKING:
+    from runspec.estimate import MethodMemory, ModelFacts, RunShape
 
 TARGETS_HELP = target_modules_help("Linear layers to adapt (peft supports nn.Linear, not GPT-2's Conv1D).")
 
@@ -40,6 +43,12 @@ class LoHaSpec(MethodSpec):
             module_dropout=self.module_dropout,
             target_modules=peft_targets(self.target_modules),
         )
+
+    def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
+        """Memory estimate: each adapted layer builds its whole update ΔW every forward pass and keeps it."""
+        from runspec.estimate import delta_weight_memory
+
+        return delta_weight_memory(model, run, label=f"{self.label} adapters")
 
     def build(self, model: Any, tokenizer: Any) -> Any:
         from peft import get_peft_model
@@ -84,6 +93,12 @@ class LoKrSpec(MethodSpec):
             decompose_factor=self.decompose_factor,
             target_modules=peft_targets(self.target_modules),
         )
+
+    def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
+        """Memory estimate: each adapted layer builds its whole update ΔW every forward pass and keeps it."""
+        from runspec.estimate import delta_weight_memory
+
+        return delta_weight_memory(model, run, label=f"{self.label} adapters")
 
     def build(self, model: Any, tokenizer: Any) -> Any:
         from peft import get_peft_model

@@ -7,11 +7,14 @@ are trained per layer, so a high rank costs few parameters.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from runspec.methods.base import MethodSpec, ModuleList, peft_targets, target_modules_help
+
+if TYPE_CHECKING:
+    from runspec.estimate import MethodMemory, ModelFacts, RunShape
 
 
 class VeraSpec(MethodSpec):
@@ -41,6 +44,12 @@ class VeraSpec(MethodSpec):
             projection_prng_key=self.projection_prng_key,
             save_projection=True,
         )
+
+    def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
+        """Memory estimate: the rank-r intermediate and the output per layer; autocast copies of the shared A, B."""
+        from runspec.estimate import vera_memory
+
+        return vera_memory(model, run, label=f"{self.label} adapters", rank=self.r, dropout=self.vera_dropout)
 
     def build(self, model: Any, tokenizer: Any) -> Any:
         from peft import get_peft_model

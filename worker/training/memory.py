@@ -317,17 +317,18 @@ def method_facts(model: nn.Module) -> dict[str, Any]:
         return facts
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    adapted: Counter[tuple[str, str, int, int]] = Counter()
+    adapted: Counter[tuple[str, str, int, int, bool]] = Counter()
     for name, module in model.named_modules():
         if isinstance(module, BaseTunerLayer) and hasattr(module, "get_base_layer"):
             base = module.get_base_layer()
             if base is module:
                 continue
             in_features, out_features = _linear_shape(base)
-            adapted[(name.rsplit(".", 1)[-1], type(base).__name__, in_features, out_features)] += 1
+            feedforward = bool(getattr(module, "is_feedforward", False))  # IA³ scales such a layer's input
+            adapted[(name.rsplit(".", 1)[-1], type(base).__name__, in_features, out_features, feedforward)] += 1
     facts["adapted_modules"] = [
-        {"name": leaf, "base_type": base_type, "in": in_features, "out": out_features, "count": count}
-        for (leaf, base_type, in_features, out_features), count in sorted(adapted.items())
+        {"name": leaf, "base_type": kind, "in": in_features, "out": out_features, "count": count, "feedforward": ff}
+        for (leaf, kind, in_features, out_features, ff), count in sorted(adapted.items())
     ]
     return facts
 
