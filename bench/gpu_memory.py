@@ -114,10 +114,18 @@ def _saved_checkpoint(config: Any, directory: Path) -> Path:
     from transformers import AutoModelForCausalLM
 
     if not (directory / "config.json").is_file():
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init is fast on the GPU
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
         model.save_pretrained(directory)
         del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return directory
+
+
+def _saved_checkpoint_if_needed(spec: Any, config: Any, directory: Path) -> None:
+    if "quantization_config" in spec.method.model_load_kwargs():
+        _saved_checkpoint(config, directory)
 
 
 def _build(spec: Any, config: Any, device: str, checkpoint_dir: Path) -> Any:
@@ -164,6 +172,12 @@ def run_cell(cell: Cell, config_dict: dict[str, Any], device: str, batch: int, s
     cell.total_bytes = estimate.total_peak_bytes
     cell.peak_phase = estimate.peak_phase
 
+    baseline = 0
+    if device == "cuda":
+        _saved_checkpoint_if_needed(spec, config, work / f"{cell.size}-checkpoint")
+        gc.collect()
+        torch.cuda.empty_cache()
+        baseline = torch.cuda.memory_allocated()  # whatever an earlier cell left behind is not this cell's
     model = _build(spec, config, device, work / f"{cell.size}-checkpoint")
     run_dir = work / "runs" / spec.name
     trainer = Trainer(
@@ -179,7 +193,7 @@ def run_cell(cell: Cell, config_dict: dict[str, Any], device: str, batch: int, s
         torch.cuda.reset_peak_memory_stats()
         trainer.train()
         torch.cuda.synchronize()
-        cell.measured_bytes = int(torch.cuda.max_memory_allocated())
+        cell.measured_bytes = int(torch.cuda.max_memory_allocated()) - baseline
         cell.reserved_bytes = int(torch.cuda.max_memory_reserved())
         from worker.training.memory import nvml_used_bytes
 

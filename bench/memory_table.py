@@ -45,7 +45,15 @@ def build_table() -> str:
     from runspec.estimate import estimate_memory
     from worker.training.memory import memory_profile
 
-    header = ["model", "method", "trainable", *(label for _, label in COLUMNS), "peak (allocated)", "peak + overhead"]
+    header = [
+        "model",
+        "method",
+        "trainable",
+        *(label for _, label in COLUMNS),
+        "peak (allocated)",
+        "peak + overhead",
+        "peak at",
+    ]
     rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for size in SIZES:
         config = AutoConfig.for_model(**json.loads((CONFIGS / f"{size}.json").read_text()))
@@ -66,15 +74,16 @@ def build_table() -> str:
             rows.append(
                 f"| {size} | {label} | {trainable / 1e6:,.2f} M | "
                 + " | ".join(cells)
-                + f" | **{gib(estimate.allocated_peak_bytes)}** | {gib(estimate.total_peak_bytes)} |"
+                + f" | **{gib(estimate.allocated_peak_bytes)}** | {gib(estimate.total_peak_bytes)} | "
+                + f"{estimate.peak_phase} |"
             )
     notes = [
         "",
         f"GiB; batch {BATCH} × {LENGTH} tokens, bf16 autocast on one CUDA GPU, AdamW (`training.optim` default), "
         "no gradient checkpointing. The components are their full sizes and are not all resident at once: "
         "gradients are allocated during backward while activations are freed, so the peak is the largest moment "
-        "(for these runs the start of backward, or for full fine-tuning the optimizer step) — see "
-        "`runspec/estimate.py`. Prompt tuning adds its 8 virtual tokens to every sample (520 tokens).",
+        "(*peak at*; see `runspec/estimate.py`). Prompt tuning adds its 8 virtual tokens to every sample "
+        f"({LENGTH + 8} tokens).",
     ]
     return "\n".join(rows + notes)
 

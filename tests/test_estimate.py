@@ -260,6 +260,12 @@ def test_api_estimate(sqlite_stack: Stack, tiny_assets: Any) -> None:
         missing = client.post("/api/estimate", json={**spec, "model": str(tiny_assets.model_dir) + "-nope"})
         assert missing.status_code == 422
         assert "no estimate" in missing.json()["detail"] and "does not exist" in missing.json()["detail"]
+        mystery = sqlite_stack.data_dir / "models" / "mystery"  # inside the data roots, so only its config is wrong
+        mystery.mkdir(parents=True, exist_ok=True)
+        (mystery / "config.json").write_text(json.dumps({"model_type": "no-such-architecture", "hidden_size": 8}))
+        unknown = client.post("/api/estimate", json={**spec, "model": str(mystery)})
+        assert unknown.status_code == 422, unknown.text
+        assert "no estimate" in unknown.json()["detail"] and "no-such-architecture" in unknown.json()["detail"]
         invalid = client.post("/api/estimate", json={**spec, "training": {"batch_size": 0}})
         assert invalid.status_code == 422
         assert invalid.json()["detail"][0]["field"] == "training.batch_size"
@@ -291,7 +297,7 @@ def _form(assets: Any, **extra: str) -> dict[str, str]:
 def test_form_estimate_block(service_worker_up: Stack, tiny_assets: Any) -> None:
     with service_worker_up.client() as client:
         block = fragment_root(client.post("/runs/new/estimate", data=_form(tiny_assets), headers=HX).text)
-        assert block["id"] == "estimate" and "change" in block["hx-trigger"]
+        assert block["id"] == "estimate-result"
         segments = [seg["class"][1] for seg in block.select(".estimate-bar .estimate-seg")]
         assert {"seg-weights", "seg-activations", "seg-logits", "seg-overhead"} <= set(segments)
         assert block.select_one(".estimate-verdict")["data-fits"] == "true"
@@ -299,15 +305,15 @@ def test_form_estimate_block(service_worker_up: Stack, tiny_assets: Any) -> None
         cramped = _form(tiny_assets, **{"_estimate.device": "cuda", "_estimate.memory_gib": "0.001"})
         block = fragment_root(client.post("/runs/new/estimate", data=cramped, headers=HX).text)
         verdict = block.select_one(".estimate-verdict")
-        assert verdict["data-fits"] == "false" and "does not fit" in verdict.text
-        assert block.select_one("[name='_estimate.memory_gib']")["value"] == "0.001"
+        assert verdict["data-fits"] == "false" and "does not fit" in verdict.text and "on a GPU" in verdict.text
 
         unknown = _form(tiny_assets, model=str(tiny_assets.model_dir) + "-nope")
         block = fragment_root(client.post("/runs/new/estimate", data=unknown, headers=HX).text)
         assert "No estimate" in block.text and "does not exist" in block.text
         # The page itself carries the block, and launching does not depend on it.
-        page = parse(client.get("/runs/new").text)
-        assert page.select_one("form#run-form section#estimate") is not None
+        section = parse(client.get("/runs/new").text).select_one("form#run-form section#estimate")
+        assert section is not None and "change" in section["hx-trigger"]
+        assert section["hx-target"] == "#estimate-result" and section.select_one("#estimate-result") is not None
 
 
 def test_a_run_stores_its_estimate_and_what_it_used(sqlite_stack: Stack, tiny_assets: Any) -> None:
@@ -360,11 +366,22 @@ def test_the_form_shows_the_estimate_live(service_worker_up: Stack, tiny_assets:
     page.fill("input[name='_estimate.memory_gib']", "0.0005")
     page.dispatch_event("input[name='_estimate.memory_gib']", "change")
     page.locator("#estimate .estimate-verdict.does-not-fit").wait_for()
+    assert "on a GPU" in page.inner_text("#estimate .estimate-verdict")
+    assert page.eval_on_selector("select[name='_estimate.device']", "e => e.value") == "cuda"  # kept as chosen
     # Switching the method re-estimates with that method's fields.
     page.select_option("select[name='method.name']", "prompt_tuning")
     page.wait_for_function(
         "() => document.querySelector('#estimate .estimate-verdict')?.textContent.includes('× 72 tokens')"
     )
+
+
+def test_readme_memory_table_is_generated() -> None:
+    """The README's table is the generator's output (python -m bench.memory_table --write README.md)."""
+    from bench.memory_table import MARK_END, MARK_START, build_table
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split(MARK_START, 1)[1].split(MARK_END, 1)[0].strip()
+    assert section == build_table().strip()
 
 
 def test_gpu_benchmark_runs_on_cpu(tmp_path: Path) -> None:

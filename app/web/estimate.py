@@ -114,13 +114,14 @@ def _view(estimate: Estimate) -> EstimateView:
 
 @page_router.post("/runs/new/estimate", response_class=HTMLResponse)
 async def estimate_block(request: Request, session: SessionDep) -> Response:
-    """The form's estimate block, recomputed from whatever the form holds now (never an error page)."""
+    """The form's estimate result (the `estimate` block), recomputed from whatever the form holds now, its device
+    controls included (never an error page)."""
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
     device = form.get("_estimate.device") or None
     gib = (form.get("_estimate.memory_gib") or "").strip()
     values = form_values(form)
     values.setdefault("name", "estimate")  # a name is not needed to estimate
-    context: dict[str, Any] = {"estimate_device": device or "", "estimate_memory_gib": gib}
+    context: dict[str, Any] = {}
     try:
         memory = int(float(gib) * GIB) if gib else None
         if memory is not None and memory <= 0:
