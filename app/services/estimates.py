@@ -13,6 +13,8 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +54,7 @@ class Profile:
 
 
 _cache: OrderedDict[tuple[str, str], Profile] = OrderedDict()
+_in_flight: dict[tuple[str, str], Future[Profile]] = {}
 _lock = threading.Lock()
 _unanswered = threading.Event()
 
@@ -62,12 +65,43 @@ def clear_cache() -> None:
 
 
 def profile_for(model: str, method: Mapping[str, Any], timeout: float | None = None) -> Profile:
-    """The worker's memory profile of `model` with `method` applied (cached per model and method parameters)."""
+    """The worker's memory profile of `model` with `method` applied (cached per model and method parameters).
+
+    Concurrent misses for the same pair share one request to the worker (a burst of identical submissions asks
+    once, not once each)."""
     key = (model, json.dumps(method, sort_keys=True))
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
+        pending = _in_flight.get(key)
+        owner = pending is None
+        if pending is None:
+            pending = _in_flight[key] = Future()
+    if not owner:
+        try:
+            return pending.result(timeout=timeout or get_settings().rpc_timeout_seconds)
+        except FutureTimeout:
+            raise EstimateUnavailable(
+                "no worker answered in time (another request is still waiting)", retry_later=True
+            ) from None
+    try:
+        found = _ask_worker(model, method, timeout)
+    except BaseException as exc:
+        pending.set_exception(exc)
+        raise
+    finally:
+        with _lock:
+            _in_flight.pop(key, None)
+    with _lock:
+        _cache[key] = found
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    pending.set_result(found)
+    return found
+
+
+def _ask_worker(model: str, method: Mapping[str, Any], timeout: float | None) -> Profile:
     try:
         answer = call_worker(INSPECT_TASK, model, dict(method), timeout=timeout)  # None: settings.rpc_timeout
     except WorkerRefused as exc:
@@ -81,12 +115,7 @@ def profile_for(model: str, method: Mapping[str, Any], timeout: float | None = N
         raise EstimateUnavailable(
             "the worker answered without a memory profile (an older worker version?)", retry_later=True
         )
-    found = Profile(profile=profile, device=answer.get("device"))
-    with _lock:
-        _cache[key] = found
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return found
+    return Profile(profile=profile, device=answer.get("device"))
 
 
 def training_gpu(session: Session) -> tuple[int, str] | None:
