@@ -75,16 +75,7 @@ class TunedeckClient:
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Poll until the run is final; `on_update` sees each state (for a progress bar). TimeoutError past timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            run = self.get_run(run_id)
-            if on_update is not None:
-                on_update(run)
-            if run["status"] in FINAL_STATES:
-                return run
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} is still {run['status']} after {timeout:.0f} s")
-            time.sleep(poll_seconds)
+        return _poll(f"run {run_id}", lambda: self.get_run(run_id), "status", poll_seconds, timeout, on_update)
 
     # -- sweeps --
     def create_sweep(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -111,16 +102,7 @@ class TunedeckClient:
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Poll until every run of the sweep is final; `on_update` sees each state. TimeoutError past timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            sweep = self.get_sweep(sweep_id)
-            if on_update is not None:
-                on_update(sweep)
-            if sweep["state"] in FINAL_STATES:
-                return sweep
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"sweep {sweep_id} is still {sweep['state']} after {timeout:.0f} s")
-            time.sleep(poll_seconds)
+        return _poll(f"sweep {sweep_id}", lambda: self.get_sweep(sweep_id), "state", poll_seconds, timeout, on_update)
 
     # -- comparisons --
     def compare(self, run_ids: Sequence[int] = (), *, sweep_id: int | None = None, x: str = "step") -> dict[str, Any]:
@@ -158,3 +140,24 @@ def _message(response: httpx.Response) -> str:
         if isinstance(detail, list):
             return "; ".join(f"{d.get('field') or d.get('loc')}: {d.get('msg')}" for d in detail if isinstance(d, dict))
     return response.text[:500] or response.reason_phrase
+
+
+def _poll(
+    what: str,
+    fetch: Callable[[], dict[str, Any]],
+    state_key: str,
+    poll_seconds: float,
+    timeout: float | None,
+    on_update: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    """Fetch until `state_key` is final; each answer goes to `on_update`. TimeoutError past `timeout`."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        current = fetch()
+        if on_update is not None:
+            on_update(current)
+        if current[state_key] in FINAL_STATES:
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"{what} is still {current[state_key]} after {timeout:.0f} s")
+        time.sleep(poll_seconds)

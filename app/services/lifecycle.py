@@ -208,3 +208,11 @@ def detect_lost_runs(min_interval: float = 1.0) -> None:
 def check_lost_runs() -> None:
     """FastAPI dependency of the endpoints that read runs: their status is current when shown."""
     detect_lost_runs()
+
+
+def resume_and_enqueue(session: Session, run_id: int) -> None:
+    """Resume a failed or cancelled run: commit the new attempt, then queue it (the API and the page both call this)."""
+    attempt = resume_run(session, run_id)
+    session.commit()
+    enqueue_attempts([attempt])
+    session.expire_all()

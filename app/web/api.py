@@ -95,12 +95,9 @@ def resume_run(run_id: int, session: SessionDep) -> Any:
     """Queue a failed or cancelled run again (attempt + 1); it continues from its last complete checkpoint."""
     _run_or_404(session, run_id)
     try:
-        attempt = lifecycle.resume_run(session, run_id)
+        lifecycle.resume_and_enqueue(session, run_id)
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    session.commit()
-    lifecycle.enqueue_attempts([attempt])
-    session.expire_all()
     return _run_or_404(session, run_id)
 
 

@@ -216,11 +216,8 @@ def cancel_from_page(request: Request, run_id: int, session: SessionDep) -> Resp
 def resume_from_page(request: Request, run_id: int, session: SessionDep) -> Response:
     _run_or_404(session, run_id)
     try:
-        attempt = lifecycle.resume_run(session, run_id)
+        lifecycle.resume_and_enqueue(session, run_id)
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    session.commit()
-    lifecycle.enqueue_attempts([attempt])
-    session.expire_all()
     run = _run_or_404(session, run_id)
     return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
