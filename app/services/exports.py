@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from app import __version__
 from app.models import Run, RunStatus
+from app.services.inference import merged_dir
 from runspec import METHODS
 from runspec.sources import is_hub_id
 
@@ -57,7 +58,7 @@ def available_kinds(run: Run) -> list[Kind]:
         return []
     if not is_peft(run):
         return ["model"]
-    return ["adapter", "merged"] if (run.details or {}).get("merged_dir") else ["adapter"]
+    return ["adapter", "merged"] if merged_dir(run) else ["adapter"]
 
 
 def export_folder(runs_dir: Path, run: Run, kind: Kind) -> Path:
@@ -77,7 +78,8 @@ def export_folder(runs_dir: Path, run: Run, kind: Kind) -> Path:
     if kind == "merged":
         if not peft:
             raise ExportRefused(f"run {run.id} is a full fine-tune: its model is already whole; export the model")
-        merged = (run.details or {}).get("merged_dir")
+        # A merge made before the run was resumed and retrained is stale: merged_dir() ignores it.
+        merged = merged_dir(run)
         if not merged:
             raise ExportRefused(
                 f"run {run.id} has no merged model yet: merge it first (the Merge button on the run page, or "
