@@ -81,31 +81,86 @@ def _start_local_worker(queues: str) -> subprocess.Popen[bytes]:
 
 @cli.command("worker")
 def run_worker(
-    concurrency: Annotated[int | None, typer.Option(help="Tasks at a time (default from settings).")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="Tasks at a time (default: one training per GPU, else TUNEDECK_WORKER_CONCURRENCY)."),
+    ] = None,
     queues: Annotated[str, typer.Option(help="Comma-separated: training, service.")] = "training,service",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Worker name, unique per worker (default: TUNEDECK_WORKER_NAME, else <queues>@<host>); "
+            "a name without @ gets @<host>."
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option(help="GPU indices this worker uses, e.g. 0,1 (default: all; CUDA_VISIBLE_DEVICES).")
+    ] = None,
+    multi_gpu: Annotated[
+        bool,
+        typer.Option(
+            "--multi-gpu",
+            help="Train one run at a time on several GPUs of this machine (runs with training.num_gpus > 1, "
+            "launched with torchrun); such a worker takes no single-GPU run.",
+        ),
+    ] = False,
     loglevel: str = "INFO",
 ) -> None:
-    """Run a Celery worker (any machine that reaches the database and the broker)."""
+    """Run a Celery worker (any machine that reaches the database and the broker).
+
+    A training worker declares its GPUs and the memory it offers a run, and consumes the queues of the runs that fit
+    (app/services/placement.py): one training per GPU at a time, each pinned to its GPU; with --multi-gpu, one run
+    at a time on all its GPUs."""
+    import socket
+
     settings = get_settings()
     _refuse_bad_worker_settings("worker")
     if settings.hub_offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    from worker import capacity
     from worker.celery_app import QUEUES, celery_app
 
-    names = [name.strip() for name in queues.split(",") if name.strip()]
-    unknown = [name for name in names if name not in QUEUES]
+    names = [item.strip() for item in queues.split(",") if item.strip()]
+    unknown = [item for item in names if item not in QUEUES]
     if unknown or not names:
         raise typer.BadParameter(f"unknown queue(s) {unknown}; choose from {', '.join(QUEUES)}", param_hint="--queues")
+    hostname = name or settings.worker_name or "+".join(names)
+    if "@" not in hostname:
+        hostname = f"{hostname}@{socket.gethostname()}"
+    training = "training" in names
+    try:
+        declared = capacity.declare(
+            hostname, training=training, runs_per_gpu=settings.worker_runs_per_gpu, multi_gpu=multi_gpu
+        )
+    except capacity.MultiGpuRefused as exc:
+        typer.echo(f"tunedeck worker: {exc}", err=True)
+        raise typer.Exit(2) from None
+    consumed = [QUEUES[item] for item in names if item != "training"] + declared.queues
+    if multi_gpu:
+        concurrency = 1  # one run at a time, on all the worker's GPUs
+    if concurrency is None:
+        explicit = "worker_concurrency" in settings.model_fields_set
+        per_gpu = len(declared.gpus) * settings.worker_runs_per_gpu
+        concurrency = per_gpu if training and declared.gpus and not explicit else settings.worker_concurrency
+    declared.concurrency = concurrency
+    if declared.gpus:
+        typer.echo(
+            f"tunedeck worker {hostname}: {len(declared.gpus)} GPU(s) ({declared.gpu_name}), "
+            f"{(declared.capacity_bytes or 0) / 2**30:.2f} GiB offered per "
+            f"{'GPU, one run on up to all of them at a time' if multi_gpu else 'run'}, concurrency {concurrency}"
+        )
     argv = [
         "worker",
         f"--loglevel={loglevel}",
-        f"--concurrency={concurrency or settings.worker_concurrency}",
-        f"--queues={','.join(QUEUES[name] for name in names)}",
-        f"--hostname={'+'.join(names)}@%h",
+        f"--concurrency={concurrency}",
+        f"--queues={','.join(consumed)}",
+        f"--hostname={hostname}",
         "--without-gossip",
         "--without-mingle",
     ]
-    if "training" in names:
+    if training:
         # A fresh pool process per training: memory held by one run never leaks into the next.
         argv.append("--max-tasks-per-child=1")
     celery_app.worker_main(argv)

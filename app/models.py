@@ -14,9 +14,9 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -45,7 +45,7 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(100), index=True)  # sort and search of run lists
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.queued, index=True)
     method: Mapped[str] = mapped_column(String(32), index=True)
     model: Mapped[str] = mapped_column(String(500))
@@ -69,8 +69,8 @@ class Run(Base):
 
     trainable_params: Mapped[int | None] = mapped_column(BigInteger)
     total_params: Mapped[int | None] = mapped_column(BigInteger)
-    final_train_loss: Mapped[float | None] = mapped_column(Float)
-    final_eval_loss: Mapped[float | None] = mapped_column(Float)
+    final_train_loss: Mapped[float | None] = mapped_column(Float, index=True)
+    final_eval_loss: Mapped[float | None] = mapped_column(Float, index=True)
     wall_time_seconds: Mapped[float | None] = mapped_column(Float)
     artifact_dir: Mapped[str | None] = mapped_column(String(1000))
     #: Facts the worker learned while training: resolved peft config, device, dataset sizes, ...
@@ -81,6 +81,12 @@ class Run(Base):
     sweep_id: Mapped[int | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL", name="fk_runs_sweep_id_sweeps"), index=True
     )
+    #: The Celery queue the run was last sent to (a memory class, a worker, a GPU type: app/services/placement.py).
+    queue: Mapped[str | None] = mapped_column(String(255))
+    #: spec.placement.priority (0-9, higher starts first), kept here so lists can show and sort by it.
+    priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
+    #: Why a queued run is not running yet ("needs 31 GiB, largest GPU has 24 GiB"); cleared when claimed.
+    wait_reason: Mapped[str | None] = mapped_column(Text)
 
     events: Mapped[list[RunEvent]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="RunEvent.id"
@@ -102,10 +108,13 @@ class Run(Base):
 
 
 class Metric(Base):
-    __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("run_id", "key", "step", name="uq_metrics_run_key_step"),)
+    """One logged point. The primary key (run, key, step) is the table's only index: a point logged twice (a
+    resumed attempt) overwrites the first, and a run's series is one range of it. On SQLite the table is
+    clustered on it (WITHOUT ROWID), so reading a series reads its values in order, index only."""
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    __tablename__ = "metrics"
+    __table_args__ = (PrimaryKeyConstraint("run_id", "key", "step", name="pk_metrics"), {"sqlite_with_rowid": False})
+
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer)
@@ -207,5 +216,10 @@ class WorkerHeartbeat(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    #: {"gpus": [{"name", "memory_total_bytes", "memory_used_bytes"}]} where nvidia-smi tells
+    #: The machine it runs on.
+    host: Mapped[str | None] = mapped_column(String(255))
+    #: GPU memory it offers one run (the smallest of its GPUs' free memory at start); None on a CPU-only worker.
+    capacity_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: {"gpus": [{"index", "name", "memory_total_bytes", "memory_used_bytes", "memory_free_bytes"}], "cpu": {...},
+    #: "versions": {...}, "queues": [every queue it consumes], "concurrency", ...} (worker/capacity.py)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -85,7 +85,12 @@ class Settings(BaseSettings):
         parse_remote_code_allowlist(value)  # refused at start: every entry needs a pinned commit
         return value
 
-    metric_flush_seconds: float = Field(1.0, gt=0, description="How often a worker writes buffered metrics.")
+    metric_flush_seconds: float = Field(
+        0.25,
+        gt=0,
+        description="How often a worker writes buffered metrics (one transaction each): a logged point is readable "
+        "this long after it was logged, at most. The dashboard's pages redraw within a second.",
+    )
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a running run proves it is alive.")
     heartbeat_timeout_seconds: float = Field(
         60.0,
@@ -96,13 +101,58 @@ class Settings(BaseSettings):
     training_time_limit_seconds: float = Field(
         7 * 24 * 3600.0, gt=0, description="Hard limit on one training attempt (Celery's task time limit)."
     )
+    embedded_broker_poll_seconds: float = Field(
+        0.1,
+        gt=0,
+        le=60,
+        description="Embedded (SQLite) broker: how often an idle worker looks for a new task, and so how long a "
+        "task may wait before a worker sees it (kombu's default is 1 s; each look is a few small queries). Redis "
+        "delivers at once.",
+    )
     broker_visibility_timeout_seconds: float = Field(
         8 * 24 * 3600.0,
         gt=0,
         description="Redis broker: an unacknowledged task is handed to another worker after this long. Must be "
         "longer than TRAINING_TIME_LIMIT_SECONDS, or a long training would be delivered twice.",
     )
-    worker_concurrency: int = Field(1, ge=1, description="Trainings one worker runs at a time.")
+    worker_concurrency: int = Field(
+        1,
+        ge=1,
+        description="Tasks one worker runs at a time. A training worker with GPUs defaults to one training per GPU "
+        "(times WORKER_RUNS_PER_GPU) unless this is set.",
+    )
+    worker_name: str | None = Field(
+        None,
+        max_length=200,
+        description="This worker's name, unique among workers (default: <queues>@<host>); one without @ gets @<host>. "
+        "Runs pinned to a worker (placement.worker) name it.",
+    )
+    worker_runs_per_gpu: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Trainings a worker may run on one GPU at the same time; a second run starts on a GPU only when "
+        "the memory estimates of the runs on it fit together in its memory.",
+    )
+    worker_fake_gpu_memory_gib: float | None = Field(
+        None,
+        gt=0,
+        description="Tests only: a worker without a GPU declares one GPU of this much memory (it still trains on "
+        "its CPU), so placement by memory can be tested on any machine.",
+    )
+    worker_fake_gpu_count: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Tests only: how many fake GPUs of WORKER_FAKE_GPU_MEMORY_GIB a worker declares; a `--multi-gpu` "
+        "worker trains a run on several of them with one CPU process each (gloo).",
+    )
+    placement_margin_fraction: float = Field(
+        0.10,
+        ge=0,
+        le=4,
+        description="Placement: a run goes to a GPU whose free memory holds its estimate plus this fraction.",
+    )
     max_upload_bytes: int = Field(
         512 * 2**20, ge=1024, description="Largest dataset upload (POST /api/datasets, the Datasets page); 413 above."
     )

@@ -5,6 +5,6 @@ each method module imports peft lazily inside the function that builds the model
 """
 
 from runspec.methods import METHODS, AnyMethod, MethodSpec
-from runspec.spec import DatasetSpec, RunSpec, TrainingSpec
+from runspec.spec import DatasetSpec, PlacementSpec, RunSpec, TrainingSpec
 
-__all__ = ["METHODS", "AnyMethod", "DatasetSpec", "MethodSpec", "RunSpec", "TrainingSpec"]
+__all__ = ["METHODS", "AnyMethod", "DatasetSpec", "MethodSpec", "PlacementSpec", "RunSpec", "TrainingSpec"]

@@ -893,6 +893,27 @@ def estimate_memory(
     optim = getattr(spec.training, "optim", "adamw_torch")
     optimizer, optimizer_scratch, optimizer_formula, optimizer_notes = optimizer_bytes(facts, optim, run)
     notes.extend(optimizer_notes)
+    weights_formula = _weights_formula(facts)
+    gpus = getattr(spec.training, "num_gpus", 1)
+    ddp_buckets = 0
+    if gpus > 1 and getattr(spec.training, "distributed", "ddp") == "fsdp":
+        # Per GPU: every sharded state is 1/N; a layer's full weights exist only while it runs (and the next one,
+        # prefetched). Activations and logits are this GPU's own batch, as on one GPU.
+        gathered = 2 * weights // max(1, facts.num_layers)
+        weights = weights // gpus + gathered
+        grads, head_grads = grads // gpus, head_grads // gpus
+        optimizer, optimizer_scratch = optimizer // gpus, optimizer_scratch // gpus
+        weights_formula += f"; FSDP: 1/{gpus} of them per GPU plus two decoder layers gathered at a time"
+        notes.append(
+            f"per GPU of {gpus} (FSDP): weights, gradients and optimizer state are sharded 1/{gpus} each; "
+            "activations and logits are each GPU's own batch"
+        )
+    elif gpus > 1:
+        ddp_buckets = trainable_bytes  # DDP's reducer: one flat bucket per group of gradients, for all of them
+        notes.append(
+            f"per GPU of {gpus} (DDP): every GPU holds what one GPU would, plus DDP's gradient buckets "
+            f"({human_bytes(ddp_buckets)}); each GPU trains its own batch of {spec.training.batch_size}"
+        )
     paged = optim.startswith("paged")
     resident_optimizer = 0 if paged else optimizer
     copies_all, copies_one, copies_formula = weight_copy_bytes(facts, run)
@@ -903,7 +924,7 @@ def estimate_memory(
     saved = act["checkpoint_inputs"] if gc else act["all_layers"] + act["method"]
     lm_head_copy = facts.vocab_size * facts.hidden_size * run.compute_bytes if copies_all else 0
     copies_saved = lm_head_copy if gc else copies_all  # under checkpointing only lm_head's copy outlives a layer
-    base = weights + resident_optimizer
+    base = weights + resident_optimizer + ddp_buckets
     # The logits' gradients exist before any weight gradient (lm_head's comes right after, when they are freed).
     grads_early = grads if accumulating else 0
     phases: dict[str, dict[str, float]] = {
@@ -995,7 +1016,7 @@ def estimate_memory(
         )
     full_activations = int(act["all_layers"] + act["stem"] + act["method"])
     lines = [
-        Line("weights", "weights", weights, _weights_formula(facts), weights, tuple(weight_parts)),
+        Line("weights", "weights", weights, weights_formula, weights, tuple(weight_parts)),
         Line(
             "trainable",
             "trainable parameters",
@@ -1052,6 +1073,16 @@ def estimate_memory(
             int(at_peak.get("logits", 0)),
         ),
     ]
+    if ddp_buckets:
+        lines.append(
+            Line(
+                "ddp_buckets",
+                "DDP gradient buckets",
+                ddp_buckets,
+                "DistributedDataParallel's buckets: a copy of every gradient, kept for the all-reduce",
+                ddp_buckets,
+            )
+        )
     if facts.prompt is not None:
         label = "past key/values (prefix)" if facts.prompt.kind == "past_key_values" else "virtual tokens"
         lines.append(Line("prompt", label, int(act["prompt"]), act["prompt_text"], int(at_peak.get("prompt", 0))))

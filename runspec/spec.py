@@ -7,7 +7,8 @@ import json
 from typing import Literal
 from urllib.parse import unquote
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from runspec.base import StrictModel
 from runspec.datasets import DatasetFormat, PromptTemplate, check_column_fields, parse_columns
@@ -89,6 +90,22 @@ class TrainingSpec(StrictModel):
     )
     logging_steps: int = Field(1, ge=1, description="Log loss and learning rate every this many steps.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    group_by_length: bool = Field(
+        True,
+        description="Batch samples of similar length together (transformers' group_by_length sampler), so little "
+        "compute goes to padding; every sample is still seen once per epoch, in a shuffled order of batches. "
+        "Correct for every method.",
+    )
+    packing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Padding-free batches: a batch's samples are concatenated into one row, position ids restart "
+        "at each sample and attention stays within it. Only for models whose attention keeps packed samples "
+        "apart (checked on the model when training starts: Llama-, Qwen2- or GPT-2-style models, not "
+        "Bloom) and never for prompt tuning, P-Tuning or prefix tuning (their virtual tokens go before every "
+        "sample). auto: on where a FlashAttention kernel computes packed rows without waste, else off "
+        "(length grouping does the work); on: wherever it is correct (a run on a model that cannot fails at "
+        "start).",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU."
     )
@@ -126,6 +143,51 @@ class TrainingSpec(StrictModel):
         description="Requeue the run automatically up to this many times when its worker is lost or crashes; "
         "each retry continues from the last checkpoint.",
     )
+    num_gpus: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="GPUs on one machine training this run together (data parallel: one process per GPU, each on "
+        "its own share of every batch). The effective batch is batch_size × gradient_accumulation_steps × "
+        "num_gpus. More than 1 needs a worker started with `tunedeck worker --multi-gpu`.",
+    )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="With num_gpus > 1: ddp keeps a whole copy of the model on every GPU and averages gradients "
+        "(any method); fsdp shards weights, gradients and optimizer state across the GPUs, for full fine-tuning "
+        "of a model that does not fit one GPU (CUDA only).",
+    )
+
+
+class PlacementSpec(StrictModel):
+    """Where and when a run trains (not what it is: left out of the spec hash, so it never makes a run different)."""
+
+    worker: str | None = Field(
+        None,
+        max_length=200,
+        description="Train only on this worker (its name on the Workers page, e.g. training@gpu-box-1). "
+        "Empty: any worker whose GPU memory fits the run's estimate.",
+    )
+    gpu_type: str | None = Field(
+        None,
+        max_length=100,
+        description="Train only on a GPU whose name contains this (e.g. A100, RTX 4090; case does not matter).",
+    )
+    priority: int = Field(
+        5,
+        ge=0,
+        le=9,
+        description="0 to 9: among queued runs a higher priority starts first (Redis broker; the embedded "
+        "single-machine broker keeps submission order).",
+    )
+
+    @field_validator("worker", "gpu_type", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = _reject_control_characters(value)
+            return value or None
+        return value
 
 
 class RunSpec(StrictModel):
@@ -146,6 +208,7 @@ class RunSpec(StrictModel):
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     method: AnyMethod = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
 
     @field_validator("model")
     @classmethod
@@ -165,12 +228,49 @@ class RunSpec(StrictModel):
     @model_validator(mode="after")
     def _method_fits_training(self) -> RunSpec:
         self.method.check_training(self.training)
+        if self.training.packing == "on" and self.method.prompt_learning:
+            raise ValueError(
+                f"training.packing=on cannot be used with {self.method.label}: its virtual tokens go before every "
+                "sample, and a packed row holds several samples; use training.packing=auto or off (length "
+                "grouping, training.group_by_length, still removes most padding)"
+            )
+        _check_distributed(self)
         return self
 
     def spec_hash(self) -> str:
-        """Hash of the normalised spec (defaults filled in), so identical runs can be recognised."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Hash of the normalised spec (defaults filled in), so identical runs can be recognised. The name (a label)
+        and placement (which worker, priority) do not change what is trained, so they are left out."""
+        canonical = json.dumps(
+            self.model_dump(mode="json", exclude={"name", "placement"}), sort_keys=True, separators=(",", ":")
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_distributed(spec: RunSpec) -> None:
+    """training.distributed=fsdp only where it means something: full fine-tuning on several GPUs. The error names
+    training.distributed (a ValidationError raised here keeps its own location)."""
+    training = spec.training
+    if training.distributed != "fsdp":
+        return
+    problem = None
+    if spec.method.is_peft:
+        problem = (
+            f"fsdp shards the whole model and is for full fine-tuning (method full); {spec.method.label} trains "
+            "small added weights beside a frozen base: use training.distributed=ddp (every GPU holds the base)"
+        )
+    elif training.num_gpus < 2:
+        problem = "fsdp shards the model across GPUs: set training.num_gpus to 2 or more, or use ddp"
+    if problem:
+        raise ValidationError.from_exception_data(
+            "RunSpec",
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("value_error", problem),
+                    loc=("training", "distributed"),
+                    input=training.distributed,
+                )
+            ],
+        )
 
 
 def _reject_control_characters(value: str) -> str:

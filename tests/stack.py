@@ -79,10 +79,13 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError("server did not become healthy within 60 s")
 
-    def start_worker(self, queues: str = "training", **extra_env: str) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, queues: str = "training", *, worker_args: tuple[str, ...] = (), **extra_env: str
+    ) -> subprocess.Popen[bytes]:
+        """`tunedeck worker --queues QUEUES [worker_args...]` with extra TUNEDECK_* settings."""
         log = open(self.data_dir / f"worker-{len(self.workers)}-{queues}.log", "ab")  # noqa: SIM115
         worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO", "--queues", queues],
+            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO", "--queues", queues, *worker_args],
             cwd=ROOT,
             env={**self.env, **extra_env},
             stdout=log,

@@ -158,6 +158,18 @@ CASES: list[Case] = [
     spec_case("r-object", "method.r", {"value": 8}),
     spec_case("target-modules-numbers", "method.target_modules", [1, 2], field="method.target_modules.0"),
     spec_case("precision-unknown", "training.precision", "fp64"),
+    spec_case("num-gpus-zero", "training.num_gpus", 0),
+    spec_case("fsdp-with-lora", "training.distributed", "fsdp", says="full fine-tuning"),
+    spec_case("packing-unknown", "training.packing", "always"),
+    Case(
+        "packing-with-prompt-tuning",
+        lambda ctx: (
+            "POST",
+            "/api/runs",
+            {"json": _set(_set(ctx["spec"], "method", {"name": "prompt_tuning"}), "training.packing", "on")},
+        ),
+        says="training.packing=on cannot be used with Prompt Tuning",
+    ),
     Case("body-list", lambda ctx: ("POST", "/api/runs", {"json": [ctx["spec"]]}), field="body"),
     Case("body-string", lambda ctx: ("POST", "/api/runs", {"json": "spec"}), field="body"),
     # unknown fields: a typo is an error, never silently ignored

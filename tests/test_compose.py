@@ -32,7 +32,7 @@ def test_compose_has_the_services_and_shared_storage() -> None:
 
 def test_compose_variables_are_real_settings() -> None:
     settings_fields = set(Settings.model_fields)
-    for name in ("web", "worker"):
+    for name in ("web", "worker", "service"):
         env = _compose()["services"][name]["environment"]
         for variable in env:
             if variable.startswith("TUNEDECK_"):
@@ -47,3 +47,32 @@ def test_dockerfiles_copy_what_the_app_needs() -> None:
         copied = set(re.findall(r"^COPY (\S+) ", text, flags=re.MULTILINE))
         assert {"app", "runspec", "worker", "templates", "migrations"} <= copied, dockerfile
     assert '-e ".[train]"' in (ROOT / "docker/worker.Dockerfile").read_text()
+
+
+def _interpolate(value: str) -> str:
+    """Compose's ${VAR:-default} and ${VAR:?message}, as `docker compose config` resolves them without the variable
+    set (a required one gets a stand-in)."""
+    value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "stand-in-token", value)
+
+
+def test_compose_settings_validate_and_the_queues_fit_together() -> None:
+    services = _compose()["services"]
+    for name in ("web", "worker", "service"):
+        env = {k: _interpolate(str(v)) for k, v in services[name]["environment"].items()}
+        fields = {k.removeprefix("TUNEDECK_").lower(): v for k, v in env.items() if k.startswith("TUNEDECK_")}
+        settings = Settings(**fields)  # every value (defaults included) is a valid setting
+        assert settings.placement_margin_fraction >= 0
+    # Web and workers share one database, broker and data directory; Flower watches that broker.
+    shared = ("TUNEDECK_DATABASE_URL", "TUNEDECK_BROKER_URL", "TUNEDECK_DATA_DIR")
+    for key in shared:
+        assert len({services[n]["environment"][key] for n in ("web", "worker", "service")}) == 1, key
+    assert f"--broker={services['web']['environment']['TUNEDECK_BROKER_URL']}" in services["flower"]["command"]
+    assert services["flower"].get("profiles") == ["monitoring"]
+    # Someone trains and someone answers the server's quick requests; only the trainer needs the GPU reservation.
+    queues = {n: services[n]["command"][services[n]["command"].index("--queues") + 1] for n in ("worker", "service")}
+    assert queues == {"worker": "training", "service": "service"}
+    assert "deploy" not in services["service"]
+    assert services["service"]["volumes"] == services["worker"]["volumes"]
+    # Volumes for the database, the broker's data and the shared data directory.
+    assert {"pgdata", "redisdata", "data"} <= set(_compose()["volumes"])

@@ -44,7 +44,7 @@ def lora_run(sqlite_stack: Stack, tiny_assets: Any) -> dict[str, Any]:
         "infer-lora",
         dataset={"source": str(data), "eval_fraction": 0},
         method={"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": BLOOM_LINEAR},
-        training={"learning_rate": 5e-2},
+        training={"learning_rate": 2e-2},
     )
     with sqlite_stack.client() as client:
         answer = client.post("/api/runs", json=spec)

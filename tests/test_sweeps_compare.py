@@ -181,11 +181,15 @@ def test_rank_chart_and_config_diff(sqlite_stack: Stack, finished_sweep: Any) ->
 def test_resubmitting_reuses_finished_runs(sqlite_stack: Stack, finished_sweep: Any, sweep_body: dict) -> None:
     with sqlite_stack.client() as client:
         again = client.post("/api/sweeps", json=sweep_body)
+        # Names are labels: the same grid under another sweep name is the same set of runs.
+        renamed = client.post("/api/sweeps", json={**sweep_body, "name": "renamed rank sweep"})
     assert again.status_code == 201, again.text
     runs = again.json()["runs"]
     assert [run["reused"] for run in runs] == [True] * 5
     assert [run["id"] for run in runs] == finished_sweep["sweep"]["run_ids"]
     assert again.json()["state"] == "succeeded"
+    assert renamed.status_code == 201, renamed.text
+    assert [run["id"] for run in renamed.json()["runs"]] == finished_sweep["sweep"]["run_ids"]
 
 
 def test_invalid_sweep_names_run_and_field_and_stores_nothing(sqlite_stack: Stack, tiny_assets: Any) -> None:
@@ -206,6 +210,23 @@ def test_invalid_sweep_names_run_and_field_and_stores_nothing(sqlite_stack: Stac
     # Full fine-tuning has no rank: the run that would combine them is named, with its field.
     assert bad_method.status_code == 422
     assert [(p["run_index"], p["field"]) for p in bad_method.json()["detail"]] == [(1, "method.r")]
+
+
+def test_sweep_runs_get_the_method_check_a_single_run_gets(sqlite_stack: Stack, tiny_assets: Any) -> None:
+    body = {
+        "name": "bad modules",
+        "base": _base(tiny_assets),
+        "overrides": [{"method.target_modules": ["query_key_value"]}, {"method.target_modules": ["no_such_layer"]}],
+    }
+    with sqlite_stack.client() as client:
+        before = client.get("/api/runs", params={"limit": 1}).json()["total"]
+        response = client.post("/api/sweeps", json=body)
+        after = client.get("/api/runs", params={"limit": 1}).json()["total"]
+    assert response.status_code == 422, response.text
+    problems = response.json()["detail"]
+    assert [(p["run_index"], p["field"]) for p in problems] == [(1, "method.target_modules")]
+    assert "query_key_value" in problems[0]["msg"], "the message lists the module names the model has"
+    assert after == before
 
 
 def test_rerun_and_cancel_a_whole_sweep(sqlite_stack: Stack, tiny_assets: Any) -> None:

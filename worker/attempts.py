@@ -39,14 +39,24 @@ def resume_point(run_dir: Path, attempt: int) -> Path | None:
 @contextmanager
 def prepare_attempt(run_dir: Path, attempt: int, settings: Settings) -> Iterator[AttemptSetup]:
     setup = AttemptSetup(resume_from=resume_point(run_dir, attempt))
+    with fault_callbacks(settings) as callbacks:
+        setup.callbacks.extend(callbacks)
+        yield setup
+
+
+@contextmanager
+def fault_callbacks(settings: Settings) -> Iterator[list[TrainerCallback]]:
+    """The test-only callbacks the settings ask for (a delay after every step, a memory cap); also used by each
+    process of a multi-GPU run (worker/distributed_train.py)."""
+    callbacks: list[TrainerCallback] = []
     memory_limit = None
     if settings.test_step_delay_seconds:
-        setup.callbacks.append(StepDelayCallback(settings.test_step_delay_seconds))
+        callbacks.append(StepDelayCallback(settings.test_step_delay_seconds))
     if settings.test_memory_headroom_mb:
         memory_limit = MemoryLimitCallback(settings.test_memory_headroom_mb)
-        setup.callbacks.append(memory_limit)
+        callbacks.append(memory_limit)
     try:
-        yield setup
+        yield callbacks
     finally:
         if memory_limit is not None:
             memory_limit.release()  # whatever happened, the worker must be able to report it

@@ -9,11 +9,12 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_init, worker_process_init
 
+from app.services.placement import TRAINING_QUEUE as TRAINING_QUEUE
 from app.settings import Settings, get_settings
 
 TRAIN_TASK = "tunedeck.train_run"
-#: Long trainings. A worker consuming it runs one training per process, a fresh process each time.
-TRAINING_QUEUE = "tunedeck.training"
+#: Long trainings. A worker consuming it runs one training per process, a fresh process each time. Training workers
+#: also consume their own queue and memory-class queues (tunedeck.training.mem-24g ...): app/services/placement.py.
 #: Quick requests the web process waits for (inspect a model, generate text): torch work it must not do itself.
 SERVICE_QUEUE = "tunedeck.service"
 SERVICE_TASK_PREFIX = "tunedeck.service."
@@ -52,10 +53,19 @@ def create_celery(settings: Settings) -> Celery:
     if settings.uses_embedded_broker:
         # kombu's SQLAlchemy transport hands these to create_engine: wait on SQLite locks instead of failing.
         app.conf.broker_transport_options = {"connect_args": {"timeout": 30}}
+        # An idle worker's sleep between looks at its queues (kombu's default is 1 s). Set on the transport class:
+        # as a transport option kombu would hand it to create_engine too, which refuses it.
+        from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+        kombu_sqlalchemy.Transport.polling_interval = settings.embedded_broker_poll_seconds
     else:
         # Redis hands an unacknowledged task to another worker after this long (checked at worker start to
         # be longer than the training time limit: see app/settings_checks.py).
-        app.conf.broker_transport_options = {"visibility_timeout": settings.broker_visibility_timeout_seconds}
+        # Priorities (placement.priority): Redis keeps one list per priority step; ten steps so 0-9 all differ.
+        app.conf.broker_transport_options = {
+            "visibility_timeout": settings.broker_visibility_timeout_seconds,
+            "priority_steps": list(range(10)),
+        }
     return app
 
 
@@ -70,11 +80,22 @@ def _guard_forks(**_: object) -> None:
     install()
 
 
+@worker_init.connect
+def _prompt_pool_refill(**_: object) -> None:
+    """A finished training's pool process is replaced within 0.2 s, not up to 5 s later (worker/pool.py)."""
+    from worker.pool import install
+
+    install()
+
+
 @worker_process_init.connect
 def _fresh_database_connections(**_: object) -> None:
-    """A forked pool process must not share the parent's database connections."""
+    """A forked pool process must not share the parent's database connections. On a GPU worker it also takes
+    its own GPU (CUDA_VISIBLE_DEVICES) before anything initialises CUDA."""
     from app.db import get_engine, get_sessionmaker
+    from worker.capacity import pin_process
 
     get_engine().dispose(close=False)
     get_engine.cache_clear()
     get_sessionmaker.cache_clear()
+    pin_process()

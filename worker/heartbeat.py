@@ -1,72 +1,55 @@
-"""Each worker process announces itself every few seconds (the `workers` table), with its GPUs' memory where
-nvidia-smi tells it, so /metrics can count live workers. Runs in the worker's main process, in a thread;
-nvidia-smi is asked instead of torch so the main process never initialises CUDA before forking."""
+"""Each worker process announces itself every few seconds (the `workers` table): its host, its GPUs and their
+memory (NVML or nvidia-smi; CPU cores and RAM), its ML stack's versions, the queues it consumes and the GPU memory it
+offers a run (worker/capacity.py). The Workers page, GET /api/workers, /metrics and placement read it. Runs in the
+worker's main process, in a thread; NVML is asked instead of torch so the main process never initialises CUDA
+before forking."""
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 import threading
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from worker import fork_safety
+from worker import capacity, fork_safety
 
 log = logging.getLogger(__name__)
 _state: dict[str, Any] = {}
 
 
 def gpu_memory() -> list[dict[str, Any]]:
-    """Per GPU: name, total and used memory in bytes (empty without nvidia-smi)."""
-    binary = shutil.which("nvidia-smi")
-    if binary is None:
-        return []
-    try:
-        output = subprocess.run(
-            [binary, "--query-gpu=index,name,memory.total,memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in output.strip().splitlines():
-        parts = [part.strip() for part in line.split(",")]
-        if len(parts) != 4:
-            continue
-        try:
-            gpus.append(
-                {
-                    "index": int(parts[0]),
-                    "name": parts[1],
-                    "memory_total_bytes": int(float(parts[2]) * 2**20),
-                    "memory_used_bytes": int(float(parts[3]) * 2**20),
-                }
-            )
-        except ValueError:
-            continue
-    return gpus
+    """Per GPU: index, name, total, used and free memory in bytes (empty without a GPU)."""
+    return capacity.detect_gpus()
 
 
-def _beat_once(name: str, queues: str) -> None:
+def _beat_once(name: str, queues: str, all_queues: list[str], concurrency: int | None) -> None:
     from app.db import session_scope
     from app.services import workers as worker_service
 
+    declared = capacity.DECLARED if capacity.DECLARED is not None and capacity.DECLARED.name == name else None
+    details = capacity.heartbeat_details(declared, all_queues, concurrency)
     with session_scope() as session:
-        worker_service.beat(session, name, queues, os.getpid(), {"gpus": gpu_memory()})
+        worker_service.beat(
+            session,
+            name,
+            queues,
+            os.getpid(),
+            details,
+            host=capacity.host(),
+            capacity_bytes=declared.capacity_bytes if declared else None,
+        )
 
 
-def _loop(name: str, queues: str, interval: float, stop: threading.Event) -> None:
+def _loop(
+    name: str, queues: str, all_queues: list[str], concurrency: int | None, interval: float, stop: threading.Event
+) -> None:
     failures = 0
     while True:
         try:
             with fork_safety.GUARD:  # no pool process is forked while this thread is inside SQLite
-                _beat_once(name, queues)
+                _beat_once(name, queues, all_queues, concurrency)
             failures = 0
         except Exception as exc:  # the database may be briefly unavailable; the next beat retries
             failures += 1
@@ -81,15 +64,25 @@ def _loop(name: str, queues: str, interval: float, stop: threading.Event) -> Non
 @worker_ready.connect
 def _start(sender: Any = None, **_: Any) -> None:
     from app.settings import get_settings
+    from worker.celery_app import QUEUES
 
     name = str(getattr(sender, "hostname", None) or f"worker@{os.uname().nodename}")
     try:
-        queues = ",".join(sorted(q.name for q in sender.task_consumer.queues))
+        all_queues = sorted(q.name for q in sender.task_consumer.queues)
     except Exception:
-        queues = ""
+        all_queues = []
+    # The roles it serves (training, service); every queue it consumes goes into details.queues.
+    roles = [q for q in all_queues if q in QUEUES.values()]
+    if QUEUES["training"] not in roles and any(q.startswith(QUEUES["training"] + ".") for q in all_queues):
+        roles.append(QUEUES["training"])  # a --multi-gpu worker: only its own queue and gpus-N, still a trainer
+    queues = ",".join(sorted(roles))
+    concurrency = getattr(getattr(sender, "controller", None), "concurrency", None)
     stop = threading.Event()
     thread = threading.Thread(
-        target=_loop, args=(name, queues, get_settings().heartbeat_seconds, stop), name="worker-heartbeat", daemon=True
+        target=_loop,
+        args=(name, queues, all_queues, concurrency, get_settings().heartbeat_seconds, stop),
+        name="worker-heartbeat",
+        daemon=True,
     )
     _state.update(name=name, stop=stop, thread=thread, pid=os.getpid())
     thread.start()

@@ -2,6 +2,11 @@
 
 The training loop only appends to in-memory buffers; every `metric_flush_seconds` the flusher writes one
 batch (metrics, log lines, progress, heartbeat) in one transaction and learns whether the user cancelled.
+At a high logging rate the batches simply grow (one statement per batch: see runs.upsert_metrics), so the
+writer keeps up without the training loop ever waiting on the database.
+
+It also notes when the first optimizer step of the attempt ended (details.first_step_at, UTC ISO 8601): with
+the claim's event and the log lines' times this gives the launch latency (bench/launch.py).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class DatabaseReporter:
         self._details: dict[str, Any] = {}
         self._step: int | None = None
         self._max_steps: int | None = None
+        self._initial_step: int | None = None  # the step training began at (a resumed attempt: its checkpoint's)
+        self._first_step_noted = False
         self._stop_requested = threading.Event()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"reporter-run-{run_id}", daemon=True)
@@ -42,6 +49,11 @@ class DatabaseReporter:
     def progress(self, step: int, max_steps: int) -> None:
         with self._lock:
             self._step, self._max_steps = step, max_steps
+            if self._initial_step is None:
+                self._initial_step = step
+            elif not self._first_step_noted and step > self._initial_step:
+                self._first_step_noted = True
+                self._details["first_step_at"] = utcnow().isoformat()
 
     def log(self, line: str) -> None:
         with self._lock:

@@ -17,8 +17,10 @@ from app.services import runs as run_service
 from app.settings import get_settings
 from app.settings_checks import heartbeat_interval
 from runspec import RunSpec
+from worker import gpu_slots
 from worker.attempts import prepare_attempt
 from worker.celery_app import SERVICE_TASK_PREFIX, TRAIN_TASK, celery_app
+from worker.distributed_launch import DistributedFailure, train_distributed
 from worker.reporting import DatabaseReporter
 from worker.training.errors import TrainingError
 from worker.training.run import train
@@ -37,10 +39,10 @@ def worker_name() -> str:
 @celery_app.task(name=TRAIN_TASK, bind=True, acks_late=True)
 def train_run(self: Task, run_id: int, attempt: int) -> None:
     settings = get_settings()
+    if not gpu_slots.claim(run_id, attempt, self.request.hostname or worker_name()):
+        log.info("run %s attempt %s is not queued any more; nothing to do", run_id, attempt)
+        return
     with session_scope() as session:
-        if not run_service.claim_run(session, run_id, attempt, self.request.hostname or worker_name()):
-            log.info("run %s attempt %s is not queued any more; nothing to do", run_id, attempt)
-            return
         claimed = run_service.get_run(session, run_id)
         spec = RunSpec.model_validate(claimed.spec)
         stored_estimate = (claimed.details or {}).get("memory_estimate")  # made at submit, if a worker answered
@@ -59,23 +61,29 @@ def train_run(self: Task, run_id: int, attempt: int) -> None:
                     if setup.resume_from
                     else f"attempt {attempt}: no complete checkpoint yet, starting from the beginning"
                 )
-            try:
-                result = train(
-                    spec,
-                    run_dir,
-                    reporter,
-                    resume_from=setup.resume_from,
-                    callbacks=setup.callbacks,
-                    memory_estimate=stored_estimate,
-                )
-            except TrainingError as exc:
-                reporter.log(f"error: {exc}")
-                raise
-            except Exception:
-                reporter.log(traceback.format_exc())
-                raise
+            if spec.training.num_gpus > 1:  # torchrun on this worker's GPUs; its processes log their own errors
+                result = train_distributed(spec, run_id, attempt, run_dir, reporter, setup)
+            else:
+                try:
+                    result = train(
+                        spec,
+                        run_dir,
+                        reporter,
+                        resume_from=setup.resume_from,
+                        callbacks=setup.callbacks,
+                        memory_estimate=stored_estimate,
+                    )
+                except TrainingError as exc:
+                    reporter.log(f"error: {exc}")
+                    raise
+                except Exception:
+                    reporter.log(traceback.format_exc())
+                    raise
     except TrainingError as exc:
         outcome = run_service.RunOutcome(status=RunStatus.failed, error=str(exc))
+    except DistributedFailure as exc:  # the processes' own error text (with the rank), or their output's tail
+        outcome = run_service.RunOutcome(status=RunStatus.failed, error=str(exc))
+        retryable = True
     except Exception as exc:
         outcome = run_service.RunOutcome(status=RunStatus.failed, error=f"{type(exc).__name__}: {exc}")
         retryable = True

@@ -12,21 +12,21 @@ wrote something new.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import math
 import threading
 from bisect import bisect_left
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import groupby
 from math import fsum
-from operator import itemgetter
 from statistics import fmean
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import Run
@@ -104,26 +104,42 @@ Raw = dict[str, tuple[list[float], list[float]]]
 
 
 def load_raw(session: Session, run_id: int, keys: Iterable[str] = STAT_KEYS) -> Raw:
-    """{key: (steps, values)} ordered by step, read through the (run_id, key, step) unique index."""
-    wanted = list(keys)
-    params = {"run_id": run_id, **{f"k{i}": key for i, key in enumerate(wanted)}}
-    placeholders = ", ".join(f":k{i}" for i in range(len(wanted)))
-    result = session.execute(
-        text(
-            f"SELECT key, step, value FROM metrics WHERE run_id = :run_id AND key IN ({placeholders}) "
-            "ORDER BY key, step"
-        ),
-        params,
-    )
-    # The driver's own fetchall (plain tuples): several times cheaper than SQLAlchemy rows, for millions of points.
-    cursor = getattr(result, "cursor", None)
-    rows = cursor.fetchall() if cursor is not None else result.all()
-    result.close()
+    """{key: (steps, values)} ordered by step: one range of the metrics table's (run_id, key, step) primary key
+    per key (on SQLite the table is clustered on it, so the values come with the index, in order).
+
+    Read with the driver's own cursor as (step, value) pairs and split with zip: for millions of points the
+    Python objects are the cost (SQLAlchemy rows, a key string per row and a groupby were 3x slower), and the
+    cyclic garbage collector, which would otherwise walk the growing heap of row tuples again and again (2 M
+    points: 1.3 s instead of 4.4 s), is paused meanwhile; the tuples hold no cycles."""
     raw: Raw = {}
-    for key, group in groupby(rows, key=itemgetter(0)):
-        _, steps, values = zip(*group, strict=True)
-        raw[key] = (list(steps), list(values))
+    connection = session.connection()
+    query = "SELECT step, value FROM metrics WHERE run_id = {0} AND key = {0} ORDER BY step".format(
+        "%s" if connection.dialect.paramstyle in ("format", "pyformat") else "?"
+    )
+    cursor = connection.connection.cursor()
+    with _gc_paused():
+        try:
+            for key in keys:
+                cursor.execute(query, (run_id, key))
+                rows = cursor.fetchall()
+                if rows:
+                    steps, values = zip(*rows, strict=True)
+                    raw[key] = (list(steps), list(values))
+        finally:
+            cursor.close()
     return raw
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic collection meanwhile (process-wide; whoever paused it first turns it back on)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def series_stats(raw: Raw) -> dict[str, SeriesStats]:

@@ -166,15 +166,20 @@ def reap_lost_runs(session: Session, timeout_seconds: float) -> list[Attempt]:
 
 
 def enqueue_attempts(attempts: list[Attempt]) -> None:
-    """Send the training task for each attempt. Call only after the commit that queued them."""
+    """Send the training task for each attempt. Call only after the commit that queued them.
+
+    Each attempt is placed again (app/services/placement.py): it goes wherever its estimate fits now, so the retry
+    of a run whose worker was lost goes to another worker that fits."""
     if not attempts:
         return
     from app.db import session_scope
-    from worker.celery_app import TRAIN_TASK, celery_app
+    from app.services import placement as placement_service
 
     for item in attempts:
         try:
-            celery_app.send_task(TRAIN_TASK, args=[item.run_id, item.attempt])
+            with session_scope() as session:
+                placement = placement_service.place_run(session, _fresh(session, item.run_id))
+            placement_service.send(item.run_id, item.attempt, placement)
         except Exception as exc:
             with session_scope() as session:
                 run_service.fail_queued(

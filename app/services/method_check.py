@@ -59,13 +59,14 @@ def _ask_worker(args: list[Any], timeout: float) -> dict[str, Any] | None:
     after, so a worker that starts later does not work through a backlog of stale checks."""
     from celery.exceptions import TimeoutError as CeleryTimeout
 
+    from app.services.worker_rpc import RESULT_POLL_SECONDS
     from worker.celery_app import SERVICE_QUEUE, celery_app
 
     result = celery_app.send_task(
         CHECK_METHOD_TASK, args=args, queue=SERVICE_QUEUE, ignore_result=False, expires=max(30.0, 3 * timeout)
     )
     try:
-        return dict(result.get(timeout=timeout, propagate=True))
+        return dict(result.get(timeout=timeout, propagate=True, interval=RESULT_POLL_SECONDS))
     except CeleryTimeout:
         return None
     finally:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Metric, Run, RunEvent, RunLog, RunStatus, utcnow
@@ -61,22 +61,54 @@ class RunPage:
     offset: int
 
 
+#: What run lists (GET /api/runs, the runs page) sort by: `name` ascending, `-name` descending. Each column is
+#: indexed, so a sorted, filtered page reads only its own rows however many runs there are.
+RUN_SORTS: dict[str, Any] = {
+    "created": Run.id,  # ids grow with creation
+    "name": Run.name,
+    "status": Run.status,
+    "method": Run.method,
+    "train_loss": Run.final_train_loss,
+    "eval_loss": Run.final_eval_loss,
+}
+SORT_CHOICES = tuple(choice for key in RUN_SORTS for choice in (key, f"-{key}"))
+
+
 def list_runs(
     session: Session,
     *,
     status: str | None = None,
     method: str | None = None,
+    name: str | None = None,
+    sort: str = "-created",
     limit: int = 50,
     offset: int = 0,
 ) -> RunPage:
-    query = select(Run)
+    """One page of runs, filtered (status, method, `name` containing a text, case-insensitive) and sorted (a
+    RUN_SORTS key; runs without a value last, ties newest first). The page's ids come from the indexes first,
+    then only those rows are read: the runs' JSON columns (spec, details) never go through a sort."""
+    column = RUN_SORTS.get(sort.removeprefix("-"))
+    if column is None:
+        raise ValueError(f"sort must be one of {', '.join(SORT_CHOICES)}")
+    conditions: list[ColumnElement[bool]] = []
     if status:
-        query = query.where(Run.status == status)
+        conditions.append(Run.status == status)
     if method:
-        query = query.where(Run.method == method)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    items = session.scalars(query.order_by(Run.id.desc()).limit(limit).offset(offset)).all()
-    return RunPage(items=items, total=total, limit=limit, offset=offset)
+        conditions.append(Run.method == method)
+    counted = list(conditions)
+    if name:
+        matches = Run.name.icontains(name, autoescape=True)
+        counted.append(matches)
+        # As a subquery, a scan of the name index alone, whatever the sort (SQLite would otherwise walk the
+        # table in id order, reading every row, when few names match).
+        conditions.append(Run.id.in_(select(Run.id).where(matches)))
+    order = [column.desc() if sort.startswith("-") else column.asc()]
+    if column is not Run.id:
+        order = [order[0].nulls_last(), Run.id.desc()]
+    ids = session.scalars(select(Run.id).where(*conditions).order_by(*order).limit(limit).offset(offset)).all()
+    found = {run.id: run for run in session.scalars(select(Run).where(Run.id.in_(ids)))} if ids else {}
+    total = session.scalar(select(func.count()).select_from(Run).where(*counted)) or 0
+    return RunPage(items=[found[run_id] for run_id in ids], total=total, limit=limit, offset=offset)
 
 
 def _transition(
@@ -121,7 +153,7 @@ def claim_run(session: Session, run_id: int, attempt: int, worker: str) -> bool:
         to=RunStatus.running,
         reason=f"claimed by {worker}",
         attempt=attempt,
-        values={"started_at": now, "heartbeat_at": now, "worker": worker, "error": None},
+        values={"started_at": now, "heartbeat_at": now, "worker": worker, "error": None, "wait_reason": None},
     )
 
 
@@ -202,25 +234,64 @@ def record_progress(session: Session, run_id: int, update_: ProgressUpdate, atte
     return bool(run.cancel_requested)
 
 
+#: PostgreSQL: one statement per batch, whatever its size; the batch travels as three arrays.
+_POSTGRES_INSERT = (
+    "INSERT INTO metrics (run_id, key, step, value) "
+    "SELECT %s, k, s, v FROM unnest(%s::text[], %s::integer[], %s::float8[]) AS t(k, s, v)"
+)
+_POSTGRES_UPSERT = _POSTGRES_INSERT + " ON CONFLICT (run_id, key, step) DO UPDATE SET value = EXCLUDED.value"
+#: SQLite: the driver's executemany (SQLite's C loop over the rows, one prepared statement).
+_SQLITE_UPSERT = (
+    "INSERT INTO metrics (run_id, key, step, value) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value"
+)
+
+
 def upsert_metrics(session: Session, run_id: int, points: Sequence[tuple[int, str, float]]) -> None:
-    """Insert points; a point already stored for (run, key, step) is overwritten, never duplicated."""
+    """Insert points in the session's transaction; a point already stored for (run, key, step) is overwritten,
+    never duplicated (a resumed attempt logs again the steps after its checkpoint: its values win).
+
+    Within a batch the last value logged for a (key, step) wins. The rows go to the driver as plain tuples or
+    arrays, past SQLAlchemy's per-row parameter handling: this is the path of every metric a worker logs."""
     latest_per_point = {(step, key): value for step, key, value in points}
-    rows = [{"run_id": run_id, "step": s, "key": k, "value": v} for (s, k), v in latest_per_point.items()]
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    else:
-        session.execute(insert(Metric), rows)
+    if not latest_per_point:
         return
-    statement = dialect_insert(Metric)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[Metric.run_id, Metric.key, Metric.step], set_={"value": statement.excluded.value}
-        ),
-        rows,
+    connection = session.connection()
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        _postgres_upsert(connection, run_id, latest_per_point)
+    elif dialect == "sqlite":
+        connection.exec_driver_sql(
+            _SQLITE_UPSERT, [(run_id, key, step, value) for (step, key), value in latest_per_point.items()]
+        )
+    else:
+        rows = [{"run_id": run_id, "step": s, "key": k, "value": v} for (s, k), v in latest_per_point.items()]
+        connection.execute(insert(Metric), rows)
+
+
+def _postgres_upsert(connection: Connection, run_id: int, points: dict[tuple[int, str], float]) -> None:
+    """A plain INSERT first, in a savepoint: PostgreSQL's ON CONFLICT costs about 40% of the insert's time and
+    almost every batch is new points. Only a batch that re-logs a stored point (a resumed attempt) is rolled
+    back to the savepoint and written again as an upsert."""
+    from psycopg.errors import UniqueViolation
+
+    params = (
+        run_id,
+        [key for _, key in points],
+        [int(step) for step, _ in points],
+        [float(value) for value in points.values()],
     )
+    dbapi = connection.connection.dbapi_connection
+    assert dbapi is not None
+    with dbapi.cursor(binary=True) as cursor:  # type: ignore[attr-defined]
+        savepoint = connection.begin_nested()
+        try:
+            cursor.execute(_POSTGRES_INSERT, params)
+        except UniqueViolation:
+            savepoint.rollback()
+            cursor.execute(_POSTGRES_UPSERT, params)
+        else:
+            savepoint.commit()
 
 
 @dataclass(frozen=True)
@@ -280,11 +351,19 @@ def get_metrics(
     return session.scalars(query.order_by(Metric.key, Metric.step).limit(limit)).all()
 
 
-def metric_series(session: Session, run_id: int, *, after_step: int | None = None) -> dict[str, list[list[float]]]:
-    """All series of a run as {key: [[step, value], ...]}, ordered by step."""
+def metric_series(
+    session: Session, run_id: int, *, key: str | None = None, after_step: int | None = None
+) -> dict[str, list[list[float]]]:
+    """All series of a run (or one, `key`) as {key: [[step, value], ...]}, ordered by step: read as plain rows
+    through the (run_id, key, step) index, no ORM objects (a live run's page asks for this every half second)."""
+    query = select(Metric.key, Metric.step, Metric.value).where(Metric.run_id == run_id)
+    if key:
+        query = query.where(Metric.key == key)
+    if after_step is not None:
+        query = query.where(Metric.step > after_step)
     series: dict[str, list[list[float]]] = {}
-    for metric in get_metrics(session, run_id, after_step=after_step, limit=1_000_000):
-        series.setdefault(metric.key, []).append([metric.step, metric.value])
+    for name, step, value in session.execute(query.order_by(Metric.key, Metric.step)):
+        series.setdefault(name, []).append([step, value])
     return series
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, selectinload
 from app.models import Run, RunStatus, Sweep, SweepRun
 from app.services import runs as run_service
 from app.services.dispatch import commit_and_enqueue
+from app.services.method_check import check_method_fits_model
 from app.services.sources import SpecRefused, check_sources
 from app.services.spec_paths import METHOD_NAME, apply_changes, flat_changes, format_value, short_label
 from runspec import RunSpec
@@ -198,6 +199,30 @@ def plan_sweep(request: SweepRequest) -> Plan:
     return Plan(runs=planned, varied=list(varied))
 
 
+def check_methods_fit_models(plan: Plan) -> None:
+    """Ask a worker, once per distinct model, method and training block, whether the method fits the model (the
+    check a single run gets at submit); raise SweepInvalid naming every run that does not fit."""
+    problems: list[dict[str, Any]] = []
+    refusals: dict[str, SpecRefused | None] = {}
+    for planned in plan.runs:
+        spec = planned.spec
+        key = spec.model + spec.method.model_dump_json() + spec.training.model_dump_json()
+        if key not in refusals:
+            try:
+                check_method_fits_model(spec)
+            except SpecRefused as refused:
+                refusals[key] = refused
+            else:
+                refusals[key] = None
+        refusal = refusals[key]
+        if refusal is not None:
+            problems += [
+                {"run_index": planned.index, "run_name": spec.name, "field": f, "msg": m} for f, m in refusal.problems
+            ]
+    if problems:
+        raise SweepInvalid(problems)
+
+
 def normalised_base(base: Mapping[str, Any]) -> dict[str, Any]:
     """The base with the spec's defaults filled in (so "method.r" has a method to go into), when it validates
     on its own; else as given (the grid may be what makes it valid)."""
@@ -218,6 +243,7 @@ def _problem(index: int, name: str, error: Mapping[str, Any]) -> dict[str, Any]:
 def create_sweep(session: Session, request: SweepRequest) -> Sweep:
     """Plan, store the sweep and its new runs in one transaction, commit, then queue the new runs."""
     plan = plan_sweep(request)
+    check_methods_fit_models(plan)
     sweep = Sweep(
         name=request.name,
         request=request.model_dump(mode="json", exclude={"rerun"}),

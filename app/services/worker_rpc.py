@@ -10,6 +10,10 @@ from typing import Any
 
 from app.settings import get_settings
 
+#: How often a wait on the SQLite result backend (the embedded setup) looks for the answer; Celery's default, 0.5 s,
+#: was most of a submit's method check there. Redis answers by pub/sub and ignores it.
+RESULT_POLL_SECONDS = 0.05
+
 
 class WorkerUnavailable(RuntimeError):
     """No worker answered in time."""
@@ -27,7 +31,7 @@ def call_worker(task: str, *args: Any, timeout: float | None = None) -> dict[str
     timeout = timeout or get_settings().rpc_timeout_seconds
     result = celery_app.send_task(task, args=list(args), queue=SERVICE_QUEUE, ignore_result=False)
     try:
-        answer = result.get(timeout=timeout, propagate=True)
+        answer = result.get(timeout=timeout, propagate=True, interval=RESULT_POLL_SECONDS)
     except CeleryTimeout:
         raise WorkerUnavailable(
             f"no worker answered within {timeout:.0f} s; is a `tunedeck worker` consuming the service queue running?"

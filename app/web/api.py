@@ -24,6 +24,7 @@ from runspec.base import StrictModel
 INSPECT_TASK = "tunedeck.service.inspect_model"
 
 router = APIRouter(prefix="/api", tags=["api"])
+SORT_PATTERN = f"^-?({'|'.join(run_service.RUN_SORTS)})$"
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
@@ -44,11 +45,27 @@ def list_runs(
     session: SessionDep,
     status_: Annotated[RunStatus | None, Query(alias="status")] = None,
     method: Annotated[str | None, Query(max_length=32)] = None,
+    name: Annotated[str | None, Query(max_length=100, description="Runs whose name contains this (any case).")] = None,
+    sort: Annotated[
+        str,
+        Query(
+            pattern=SORT_PATTERN,
+            description=f"One of {', '.join(run_service.RUN_SORTS)}; a leading '-' sorts descending.",
+        ),
+    ] = "-created",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Any:
+    """A page of runs, newest first unless `sort` says otherwise. Read from indexes and the runs' latest-value
+    summary only (never the metrics table), so it costs the same with 10 runs or 10,000."""
     page = run_service.list_runs(
-        session, status=status_.value if status_ else None, method=method, limit=limit, offset=offset
+        session,
+        status=status_.value if status_ else None,
+        method=method,
+        name=name,
+        sort=sort,
+        limit=limit,
+        offset=offset,
     )
     return {"items": page.items, "total": page.total, "limit": page.limit, "offset": page.offset}
 
@@ -67,10 +84,7 @@ def get_metrics(
     after_step: Annotated[int | None, Query(ge=-1)] = None,
 ) -> Any:
     _run_or_404(session, run_id)
-    series: dict[str, list[list[float]]] = {}
-    for metric in run_service.get_metrics(session, run_id, key=key, after_step=after_step, limit=1_000_000):
-        series.setdefault(metric.key, []).append([metric.step, metric.value])
-    return {"run_id": run_id, "series": series}
+    return {"run_id": run_id, "series": run_service.metric_series(session, run_id, key=key, after_step=after_step)}
 
 
 @router.get("/runs/{run_id}/logs", response_model=list[LogLine])

@@ -15,12 +15,14 @@ from sqlalchemy.exc import DataError
 
 from app import __version__
 from app.services.sources import SpecRefused
+from app.services.storage import server_storage_id
 from app.settings import get_settings
 from app.web import api, api_compare, api_sweeps, inference, pages, pages_compare, security
 from app.web import datasets as datasets_web
 from app.web import estimate as estimate_web
 from app.web import exports as exports_web
 from app.web import metrics as metrics_web
+from app.web import workers as workers_web
 from runspec import METHODS
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -100,5 +102,8 @@ def create_app() -> FastAPI:
     app.include_router(metrics_web.router)
     app.include_router(estimate_web.api_router)
     app.include_router(estimate_web.page_router)
+    app.include_router(workers_web.api_router)
+    app.include_router(workers_web.page_router)
     exports_web.register_template_helpers()
+    server_storage_id()  # the data directory's identity, which workers report back (app/services/storage.py)
     return app

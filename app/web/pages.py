@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2_fragments.fastapi import Jinja2Blocks
 from pydantic import BaseModel, ValidationError
@@ -13,7 +15,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.db import get_session
-from app.models import Run
+from app.models import Run, RunStatus
 from app.services import inference as inference_service
 from app.services import lifecycle
 from app.services import runs as run_service
@@ -23,7 +25,7 @@ from app.services.sources import SpecRefused
 from app.settings import get_settings
 from app.web import formatting
 from app.web.forms import errors_by_field, fields_for, spec_from_form
-from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
+from runspec import METHODS, DatasetSpec, PlacementSpec, RunSpec, TrainingSpec
 from runspec.spec import DEFAULT_DATASET, DEFAULT_MODEL
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
@@ -51,18 +53,93 @@ def _is_htmx(request: Request) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
+RUNS_PER_PAGE = 50
+SORT_LABELS = {
+    "-created": "newest first",
+    "created": "oldest first",
+    "name": "name A–Z",
+    "-name": "name Z–A",
+    "status": "status",
+    "method": "method",
+    "train_loss": "lowest train loss",
+    "eval_loss": "lowest eval loss",
+    "-train_loss": "highest train loss",
+    "-eval_loss": "highest eval loss",
+}
+
+
+@dataclass(frozen=True)
+class RunsQuery:
+    """The runs page's filters, sort and page, from its query string (empty form fields mean "any")."""
+
+    status: str | None
+    method: str | None
+    name: str | None
+    sort: str
+    page: int
+
+    def url(self, path: str = "/", **changes: Any) -> str:
+        values = {**asdict(self), **changes}
+        defaults = {"sort": "-created", "page": 1}
+        query = {k: v for k, v in values.items() if v not in (None, "") and defaults.get(k) != v}
+        return f"{path}?{urlencode(query)}" if query else path
+
+
+def runs_query(
+    status_: Annotated[str | None, Query(alias="status", max_length=16)] = None,
+    method: Annotated[str | None, Query(max_length=32)] = None,
+    name: Annotated[str | None, Query(max_length=100)] = None,
+    sort: Annotated[str | None, Query(max_length=16)] = None,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+) -> RunsQuery:
+    statuses = [s.value for s in RunStatus]
+    if status_ and status_ not in statuses:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"status must be one of {', '.join(statuses)}")
+    if sort and sort not in run_service.SORT_CHOICES:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"sort must be one of {', '.join(run_service.SORT_CHOICES)}"
+        )
+    return RunsQuery(status_ or None, method or None, (name or "").strip() or None, sort or "-created", page)
+
+
+RunsQueryDep = Annotated[RunsQuery, Depends(runs_query)]
+
+
+def _runs_context(session: Session, query: RunsQuery) -> dict[str, Any]:
+    """One page of the list (RUNS_PER_PAGE runs, from the indexes and each run's latest-value summary)."""
+    page = run_service.list_runs(
+        session,
+        status=query.status,
+        method=query.method,
+        name=query.name,
+        sort=query.sort,
+        limit=RUNS_PER_PAGE,
+        offset=(query.page - 1) * RUNS_PER_PAGE,
+    )
+    pages = max(1, -(-page.total // RUNS_PER_PAGE))
+    return {
+        "runs": page.items,
+        "total": page.total,
+        "query": query,
+        "pages": pages,
+        "table_url": query.url("/runs/table"),
+        "prev_url": query.url(page=query.page - 1) if query.page > 1 else None,
+        "next_url": query.url(page=query.page + 1) if query.page < pages else None,
+        "statuses": [s.value for s in RunStatus],
+        "methods": list(METHODS),
+        "sorts": SORT_LABELS,
+        "filtered": bool(query.status or query.method or query.name),
+    }
+
+
 @router.get("/", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
-def runs_page(request: Request, session: SessionDep) -> Response:
-    page = run_service.list_runs(session, limit=200)
-    return templates.TemplateResponse(request, "runs_list.html", {"runs": page.items, "total": page.total})
+def runs_page(request: Request, session: SessionDep, query: RunsQueryDep) -> Response:
+    return templates.TemplateResponse(request, "runs_list.html", _runs_context(session, query))
 
 
 @router.get("/runs/table", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
-def runs_table(request: Request, session: SessionDep) -> Response:
-    page = run_service.list_runs(session, limit=200)
-    return templates.TemplateResponse(
-        request, "runs_list.html", {"runs": page.items, "total": page.total}, block_name="runs_table"
-    )
+def runs_table(request: Request, session: SessionDep, query: RunsQueryDep) -> Response:
+    return templates.TemplateResponse(request, "runs_list.html", _runs_context(session, query), block_name="runs_table")
 
 
 # -- new run ---------------------------------------------------------------------------------------------
@@ -80,6 +157,7 @@ def _form_context(values: dict[str, Any], errors: dict[str, str] | None = None) 
         "method_fields": fields_for(method_cls, "method", method_values),
         "dataset_fields": fields_for(DatasetSpec, "dataset", values.get("dataset"), skip=frozenset({"source"})),
         "training_fields": fields_for(TrainingSpec, "training", values.get("training")),
+        "placement_fields": fields_for(PlacementSpec, "placement", values.get("placement")),
         "demo_sources": _demo_sources(),
     }
 

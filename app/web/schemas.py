@@ -39,6 +39,13 @@ class RunOut(BaseModel):
     details: dict[str, Any]
     #: The sweep that launched the run, if any (GET /api/sweeps/{id}).
     sweep_id: int | None = None
+    #: The Celery queue it was sent to: a memory class (tunedeck.training.mem-24g), a worker, a GPU type, or
+    #: tunedeck.training (app/services/placement.py).
+    queue: str | None = None
+    #: spec.placement.priority: 0-9, higher starts first (Redis broker).
+    priority: int = 5
+    #: Why a queued run is not running yet, e.g. "needs 31 GiB (estimate ...), largest GPU has 24 GiB free".
+    wait_reason: str | None = None
 
 
 class RunEventOut(BaseModel):

@@ -33,6 +33,9 @@ class MethodSpec(StrictModel):
     trains: ClassVar[str] = ""
     #: True when training touches only added parameters (peft); False for full fine-tuning.
     is_peft: ClassVar[bool] = True
+    #: True for prompt-learning methods (virtual tokens before every sample, or prefixes in the attention cache):
+    #: such a model cannot train on packed rows of several samples (training.packing).
+    prompt_learning: ClassVar[bool] = False
     #: True when the method cannot run without a CUDA device.
     requires_cuda: ClassVar[bool] = False
     #: Fields that name modules of the model (peft's suffix matching); checked against the model's real names.

@@ -18,6 +18,7 @@ class PTuningSpec(MethodSpec):
     label = "P-Tuning"
     summary = "Virtual-token embeddings produced by a trainable prompt encoder (MLP or LSTM); the model stays frozen."
     trains = "virtual-token embeddings and the prompt encoder (MLP or LSTM + MLP) that produces them"
+    prompt_learning = True
 
     num_virtual_tokens: int = Field(8, ge=1, le=1024, description="Number of virtual tokens put before the input.")
     encoder_reparameterization_type: Literal["MLP", "LSTM"] = Field(

@@ -35,6 +35,7 @@ class PrefixTuningSpec(MethodSpec):
     label = "Prefix Tuning"
     summary = "Trainable key/value prefixes at every layer, produced by an MLP; the model stays frozen."
     trains = "prefix embeddings and the MLP (prefix projection) that turns them into keys/values of every layer"
+    prompt_learning = True
 
     num_virtual_tokens: int = Field(8, ge=1, le=1024, description=NUM_VIRTUAL_TOKENS_HELP)
     prefix_projection: bool = Field(
@@ -70,6 +71,7 @@ class PTuningV2Spec(MethodSpec):
     label = "P-Tuning v2"
     summary = "Deep prompts: trainable key/value prefixes at every layer, without reparameterization."
     trains = "num_virtual_tokens keys and values for every layer, trained directly"
+    prompt_learning = True
 
     num_virtual_tokens: int = Field(8, ge=1, le=1024, description=NUM_VIRTUAL_TOKENS_HELP)
 

@@ -21,6 +21,7 @@ class PromptTuningSpec(MethodSpec):
     label = "Prompt Tuning"
     summary = "Trainable soft-prompt embeddings before the input; the whole model stays frozen."
     trains = "num_virtual_tokens input embeddings (the soft prompt)"
+    prompt_learning = True
 
     num_virtual_tokens: int = Field(8, ge=1, le=1024, description="Length of the soft prompt, in tokens.")
     prompt_tuning_init: Literal["RANDOM", "TEXT"] = Field(

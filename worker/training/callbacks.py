@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from worker.training.distributed import any_process_says
 from worker.training.reporter import Reporter
 from worker.training.resources import memory_metrics
 
@@ -40,7 +41,7 @@ class ReporterCallback(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.reporter.progress(state.global_step, state.max_steps)
-        if self.reporter.should_stop():
+        if any_process_says(self.reporter.should_stop(), args.device):
             self.cancelled = True
             control.should_training_stop = True
             control.should_save = True  # keep a checkpoint: Resume continues from here

@@ -17,11 +17,15 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from worker.training.distributed import barrier, is_main_process
+
 #: Written last into a checkpoint folder: the step and the size of every file it holds.
 MARKER = "tunedeck-complete.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 #: Trainer files a resumable checkpoint needs besides the weights.
-REQUIRED_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+REQUIRED_FILES = ("trainer_state.json", "scheduler.pt")
+#: The optimizer's state: optimizer.pt, or optimizer.bin from an FSDP run (accelerate's gathered optimizer state).
+OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
 WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
 
@@ -42,6 +46,8 @@ def is_complete(path: Path) -> bool:
         if marker.get("step") != _step_of(path):
             return False
         if not all(name in files for name in REQUIRED_FILES) or not any(name in files for name in WEIGHT_FILES):
+            return False
+        if not any(name in files for name in OPTIMIZER_FILES):
             return False
         return all((path / name).is_file() and (path / name).stat().st_size == size for name, size in files.items())
     except (OSError, ValueError, KeyError, TypeError):
@@ -120,11 +126,16 @@ class CheckpointMarkerCallback(TrainerCallback):
         return Path(args.output_dir or ".") / f"checkpoint-{state.global_step}"
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if control.should_save:
+        if control.should_save and is_main_process():
             # A folder of the same step left by an earlier attempt is about to be overwritten file by file.
             (self._folder(args, state) / MARKER).unlink(missing_ok=True)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        # Several processes (training.num_gpus): each writes its own RNG state (and, under FSDP, joins the gathered
+        # save); wait for all of them, then rank 0 alone writes the marker.
+        barrier()
+        if not is_main_process():
+            return
         folder = self._folder(args, state)
         if folder.is_dir():
             mark_complete(folder, state.global_step)

@@ -15,7 +15,8 @@ PROBE_FILE = "probe.safetensors"
 PROBE_TEXT = "Human: Translate to English: 苹果\n\nAssistant: "
 
 
-def record_probe(model: Any, tokenizer: Any, run_dir: Path) -> Path:
+def record_probe(model: Any, tokenizer: Any, run_dir: Path, *, write: bool = True) -> Path:
+    """`write=False`: run the forward only (a process of a sharded multi-GPU run that is not rank 0)."""
     input_ids = tokenizer(PROBE_TEXT, add_special_tokens=False, return_tensors="pt")["input_ids"]
     device = next(model.parameters()).device
     was_training = model.training
@@ -26,5 +27,7 @@ def record_probe(model: Any, tokenizer: Any, run_dir: Path) -> Path:
     finally:
         model.train(was_training)
     path = run_dir / PROBE_FILE
+    if not write:
+        return path
     save_file({"input_ids": input_ids.contiguous(), "logits": logits.contiguous()}, str(path), {"text": PROBE_TEXT})
     return path

@@ -14,7 +14,6 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    DataCollatorForSeq2Seq,
     PrinterCallback,
     Trainer,
     TrainerCallback,
@@ -24,9 +23,11 @@ from transformers import (
 
 from runspec import RunSpec
 from runspec.sources import ResolvedSource
+from worker.training.batching import Batching, plan_batching
 from worker.training.callbacks import ReporterCallback
 from worker.training.checkpoints import CheckpointMarkerCallback
 from worker.training.data import prepare_dataset, split_eval
+from worker.training.distributed import check_processes, describe, is_main_process, trainer_arguments, uses_fsdp
 from worker.training.environment import report_to, run_environment
 from worker.training.errors import TrainingError
 from worker.training.evaluate import report_generation_metrics
@@ -94,6 +95,7 @@ def _train(
         set_seed(spec.training.seed)
         reporter.details(device_description())
         check_device_needs(spec)  # a paged optimizer on a CPU-only worker: fail before loading anything
+        check_processes(spec)  # training.num_gpus processes (torchrun), FSDP only on CUDA
         reporter.details(run_environment(spec))
 
         log.info("loading tokenizer and model %s", spec.model)
@@ -103,7 +105,15 @@ def _train(
         log.info("data: %d training samples, %d held out", len(train_set), len(eval_set) if eval_set else 0)
 
         method = spec.method.resolved(spec.training)  # e.g. AdaLoRA's total_step from training.max_steps
-        model = build_method(method, load_base_model(spec), tokenizer)  # target modules checked: readable refusal
+        base_model = load_base_model(spec)
+        batching = plan_batching(spec, method, base_model)  # packing is checked on the base model itself
+        reporter.details({"batching": batching.details()})
+        log.info(
+            "batches: %s, %s",
+            "grouped by length" if batching.group_by_length else "in random order",
+            "packed" if batching.packing else f"padded ({batching.reason})",
+        )
+        model = build_method(method, base_model, tokenizer)  # target modules checked: readable refusal
         trainable, total = count_parameters(model)
         facts.update(trainable_params=trainable, total_params=total)
         reporter.details(
@@ -127,10 +137,10 @@ def _train(
         callback = ReporterCallback(reporter)
         trainer = Trainer(
             model=model,
-            args=training_arguments(spec, run_dir, has_eval=eval_set is not None),
+            args=training_arguments(spec, run_dir, has_eval=eval_set is not None, batching=batching),
             train_dataset=train_set,
             eval_dataset=eval_set,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            data_collator=batching.collator(tokenizer),
             # The marker callback comes last: it must see a save the reporter asks for on cancel.
             callbacks=[
                 callback,
@@ -141,6 +151,10 @@ def _train(
             ],
         )
         trainer.remove_callback(PrinterCallback)  # our callback writes the log
+        distributed = describe(spec)  # several processes (torchrun): rank 0 reports, saves and evaluates generation
+        if distributed:
+            reporter.details({"distributed": distributed})
+            log.info("data parallel: %(processes)d processes (%(strategy)s over %(backend)s)", distributed)
         if resume_from is not None:
             log.info("resuming from %s", resume_from.name)
         log.info("training for %d steps", spec.training.max_steps)
@@ -156,12 +170,20 @@ def _train(
             trainer.evaluate()
 
         artifact_dir = run_dir / ("adapter" if spec.method.is_peft else "model")
-        method.save(model, artifact_dir)  # PiSSA/OLoRA: converted to apply to the unchanged base
-        tokenizer.save_pretrained(artifact_dir)
-        record_probe(model, tokenizer, run_dir)  # final logits on a fixed input, to check exports against
-        (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False))
-        log.info("saved %s to %s", "adapter" if spec.method.is_peft else "model", artifact_dir)
-        if not callback.cancelled:  # exact match, BLEU, ROUGE-L on held-out prompts (training.eval_generation_*)
+        main = is_main_process()  # several processes (training.num_gpus): rank 0 writes, the others only train
+        if uses_fsdp(spec):
+            trainer.save_model(str(artifact_dir))  # every process: the shards gathered, rank 0 writes safetensors
+            record_probe(model, tokenizer, run_dir, write=main)  # a sharded forward needs every process too
+        elif main:
+            method.save(model, artifact_dir)  # PiSSA/OLoRA: converted to apply to the unchanged base
+            record_probe(model, tokenizer, run_dir)  # final logits on a fixed input, to check exports against
+        if main:
+            tokenizer.save_pretrained(artifact_dir)
+            (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False))
+            log.info("saved %s to %s", "adapter" if spec.method.is_peft else "model", artifact_dir)
+        if uses_fsdp(spec) and main and spec.training.eval_generation_samples:
+            log.info("generation metrics skipped: the model is sharded across processes (training.distributed=fsdp)")
+        elif main and not callback.cancelled:  # exact match, BLEU, ROUGE-L on held-out prompts
             report_generation_metrics(
                 model,
                 tokenizer,
@@ -269,8 +291,13 @@ def resolved_peft_config(model: Any) -> dict[str, Any] | None:
     return json.loads(json.dumps(config.to_dict(), default=_jsonable))
 
 
-def training_arguments(spec: RunSpec, run_dir: Path, *, has_eval: bool) -> TrainingArguments:
+def training_arguments(
+    spec: RunSpec, run_dir: Path, *, has_eval: bool, batching: Batching | None = None
+) -> TrainingArguments:
+    """`batching`: what plan_batching chose for the loaded model; without it, the spec's grouping, no packing."""
     t = spec.training
+    if batching is None:
+        batching = Batching(group_by_length=t.group_by_length, packing=False, reason="not planned")
     cuda = has_cuda()
     bf16 = t.precision == "bf16" or (t.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     return TrainingArguments(
@@ -293,14 +320,17 @@ def training_arguments(spec: RunSpec, run_dir: Path, *, has_eval: bool) -> Train
         save_total_limit=2,  # the newest may be half-written when the process dies: keep the one before it
         report_to=report_to(spec, run_dir),
         disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
-        gradient_checkpointing=t.gradient_checkpointing,
+        # A packed batch has no padding and no attention mask: every token counts.
+        include_num_input_tokens_seen="all" if batching.packing else "non_padding",
+        train_sampling_strategy=batching.sampling_strategy(),
+        gradient_checkpointing=t.gradient_checkpointing and not uses_fsdp(spec),  # FSDP checkpoints its own way
         bf16=bf16,
         fp16=t.precision == "fp16",
         use_cpu=not cuda,
         optim=t.optim,
         label_names=["labels"],
         dataloader_num_workers=0,
+        **trainer_arguments(spec),  # FSDP on several processes (DDP needs nothing)
     )
 
 
