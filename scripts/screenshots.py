@@ -4,7 +4,7 @@
     TUNEDECK_DATA_DIR=/tmp/shots .venv/bin/tunedeck serve --demo --port 8123 &
     .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:8123
 
-It waits until a LoRA demo run has finished, then writes docs/screenshots/{runs,run,new-run}.png.
+It waits until a LoRA demo run has finished, then writes docs/screenshots/{runs,run,new-run,workers}.png.
 """
 
 from __future__ import annotations
@@ -110,9 +110,12 @@ def main(argv: list[str] | None = None) -> None:
         bottom = page.locator("#charts").evaluate("(el) => el.getBoundingClientRect().bottom + window.scrollY")
         clip = {"x": 0, "y": 0, "width": VIEWPORT["width"], "height": bottom + 16}
         page.screenshot(path=args.out / "run.png", full_page=True, clip=clip)
+
+        visit(page, f"{url}/workers")
+        page.screenshot(path=args.out / "workers.png", full_page=True)
         browser.close()
 
-    for name in ("runs.png", "new-run.png", "run.png"):
+    for name in ("runs.png", "new-run.png", "run.png", "workers.png"):
         path = args.out / name
         print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {path.stat().st_size // 1024} KiB")
 
