@@ -4,9 +4,15 @@ Pure functions; tests/test_scale_out.py checks the same rules with real workers,
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from app.models import Base, Run
 from app.services import placement as p
+from app.services import workers
 from runspec import PlacementSpec, RunSpec
 
 GIB = 2**30
@@ -92,3 +98,29 @@ def test_priority_is_sent_as_a_redis_priority_and_placement_leaves_the_spec_hash
     assert plain.spec_hash() == pinned.spec_hash()
     with pytest.raises(ValueError, match="priority"):
         RunSpec.model_validate({**base, "placement": {"priority": 10}})
+
+
+def test_a_training_worker_joining_clears_the_no_worker_reason(tmp_path: Path) -> None:
+    """The single-machine demo queues runs before its worker's first heartbeat: their "no training worker is
+    running" reason must not outlive the worker's arrival. Other reasons (a class nobody consumes) stay."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'placement.sqlite'}")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        waiting = Run(name="w", method="lora", model="m", spec={}, spec_hash="h", queue="tunedeck.training")
+        waiting.wait_reason = p.choose(PlacementSpec(), _estimate(1), [], 0.1).wait_reason
+        too_big = Run(name="b", method="lora", model="m", spec={}, spec_hash="h", queue="tunedeck.training.mem-32g")
+        too_big.wait_reason = "needs 31 GiB (estimate 28.2 GiB + 10% margin), largest GPU has 24 GiB free"
+        session.add_all([waiting, too_big])
+        session.commit()
+
+        workers.beat(session, "service@x", "tunedeck.service", 1, {})
+        session.commit()
+        session.refresh(waiting)
+        assert waiting.wait_reason is not None, "a service worker does not train"
+
+        workers.beat(session, "training@x", "tunedeck.training,tunedeck.training.worker.training@x", 2, {})
+        session.commit()
+        session.refresh(waiting)
+        session.refresh(too_big)
+        assert waiting.wait_reason is None
+        assert (too_big.wait_reason or "").startswith("needs 31 GiB")

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from app.models import WorkerHeartbeat, utcnow
+from app.models import Run, RunStatus, WorkerHeartbeat, utcnow
+from app.services.placement import TRAINING_QUEUE
 
 STALE_AFTER_BEATS = 3
 FORGET_LOST_AFTER = timedelta(days=7)
@@ -49,6 +50,13 @@ def beat(
             )
         )
         session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.last_seen < now - FORGET_LOST_AFTER))
+        if TRAINING_QUEUE in queues.split(","):
+            # Runs sent to the plain queue while no training worker was live carry that reason: this one takes them.
+            session.execute(
+                update(Run)
+                .where(Run.status == RunStatus.queued.value, Run.queue == TRAINING_QUEUE, Run.wait_reason.is_not(None))
+                .values(wait_reason=None)
+            )
     else:
         row.last_seen = now
         row.queues = queues
