@@ -110,6 +110,15 @@ class Stack:
                 time.sleep(0.5)
         raise TimeoutError(f"run {run_id} not finished after {timeout} s: {run['status']} at step {run['step']}")
 
+    def train(self, spec: dict[str, Any], status: str = "succeeded", timeout: float = 240) -> dict[str, Any]:
+        """Submit a run through the API, wait for it to end, and check it ended as `status`."""
+        with self.client() as client:
+            response = client.post("/api/runs", json=spec)
+        assert response.status_code == 201, response.text
+        run = self.wait_for_run(response.json()["id"], timeout=timeout)
+        assert run["status"] == status, run["error"]
+        return run
+
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
     try:

@@ -38,12 +38,7 @@ def finished_run(sqlite_stack: Stack, tiny_assets: Any) -> dict[str, Any]:
         "browser-finished",
         training={"max_steps": FINISHED_STEPS, "eval_steps": 4, "eval_generation_samples": 0},
     )
-    with sqlite_stack.client() as client:
-        response = client.post("/api/runs", json=spec)
-    assert response.status_code == 201, response.text
-    run = sqlite_stack.wait_for_run(response.json()["id"])
-    assert run["status"] == "succeeded", run["error"]
-    return run
+    return sqlite_stack.train(spec)
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +86,7 @@ def test_failed_run_page_says_why(sqlite_stack: Stack, tiny_assets: Any, page: A
     empty = sqlite_stack.data_dir / "browser-empty.jsonl"
     empty.write_text("")
     spec = tiny_spec(tiny_assets, "browser-failed", dataset={"source": str(empty)})
-    with sqlite_stack.client() as client:
-        response = client.post("/api/runs", json=spec)
-    assert response.status_code == 201, response.text
-    run = sqlite_stack.wait_for_run(response.json()["id"])
-    assert run["status"] == "failed"
+    run = sqlite_stack.train(spec, status="failed")
 
     page.goto(f"{sqlite_stack.base_url}/runs/{run['id']}")
     alert = page.locator("#run-live .run-error[role=alert]")

@@ -46,12 +46,7 @@ def lora_run(sqlite_stack: Stack, tiny_assets: Any) -> dict[str, Any]:
         method={"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": BLOOM_LINEAR},
         training={"learning_rate": 2e-2},
     )
-    with sqlite_stack.client() as client:
-        answer = client.post("/api/runs", json=spec)
-    assert answer.status_code == 201, answer.text
-    run = sqlite_stack.wait_for_run(answer.json()["id"])
-    assert run["status"] == "succeeded", run["error"]
-    return run
+    return sqlite_stack.train(spec)
 
 
 @pytest.fixture(scope="module")

@@ -39,12 +39,7 @@ def finished_run(sqlite_stack: Stack, tiny_assets: Any) -> dict[str, Any]:
         method={"name": "lora", "r": 8, "lora_alpha": 16, "target_modules": ["query_key_value"]},
         training={"max_steps": FINISHED_STEPS, "eval_steps": 5, "eval_generation_samples": 0},
     )
-    with sqlite_stack.client() as client:
-        response = client.post("/api/runs", json=spec)
-    assert response.status_code == 201, response.text
-    run = sqlite_stack.wait_for_run(response.json()["id"])
-    assert run["status"] == "succeeded", run["error"]
-    return run
+    return sqlite_stack.train(spec)
 
 
 @pytest.fixture(scope="module")

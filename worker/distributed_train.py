@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from worker.distributed_launch import result_path, result_payload, write_result
 from worker.reporting import DatabaseReporter
 from worker.training.distributed import is_main_process, local_rank, rank
 from worker.training.errors import TrainingError
+from worker.training.reporter import failures_logged
 from worker.training.run import train
 from worker.training.sources import set_policy as set_source_policy
 
@@ -99,22 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         else SilentReporter()
     )
     try:
-        with reporter, fault_callbacks(settings) as callbacks:
-            try:
-                result = train(
-                    spec,
-                    run_dir,
-                    reporter,
-                    resume_from=args.resume,
-                    callbacks=callbacks,
-                    memory_estimate=estimate,
-                )
-            except TrainingError as exc:
-                reporter.log(f"error: {exc}")
-                raise
-            except Exception:
-                reporter.log(traceback.format_exc())
-                raise
+        with reporter, fault_callbacks(settings) as callbacks, failures_logged(reporter):
+            result = train(
+                spec,
+                run_dir,
+                reporter,
+                resume_from=args.resume,
+                callbacks=callbacks,
+                memory_estimate=estimate,
+            )
     except TrainingError as exc:
         write_result(where, {"ok": False, "kind": "training", "error": str(exc)})
         return 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import traceback
 from typing import Any
 
 from celery import Task
@@ -23,6 +22,7 @@ from worker.celery_app import SERVICE_TASK_PREFIX, TRAIN_TASK, celery_app
 from worker.distributed_launch import DistributedFailure, train_distributed
 from worker.reporting import DatabaseReporter
 from worker.training.errors import TrainingError
+from worker.training.reporter import failures_logged
 from worker.training.run import train
 from worker.training.sources import set_policy as set_source_policy
 
@@ -64,7 +64,7 @@ def train_run(self: Task, run_id: int, attempt: int) -> None:
             if spec.training.num_gpus > 1:  # torchrun on this worker's GPUs; its processes log their own errors
                 result = train_distributed(spec, run_id, attempt, run_dir, reporter, setup)
             else:
-                try:
+                with failures_logged(reporter):
                     result = train(
                         spec,
                         run_dir,
@@ -73,12 +73,6 @@ def train_run(self: Task, run_id: int, attempt: int) -> None:
                         callbacks=setup.callbacks,
                         memory_estimate=stored_estimate,
                     )
-                except TrainingError as exc:
-                    reporter.log(f"error: {exc}")
-                    raise
-                except Exception:
-                    reporter.log(traceback.format_exc())
-                    raise
     except TrainingError as exc:
         outcome = run_service.RunOutcome(status=RunStatus.failed, error=str(exc))
     except DistributedFailure as exc:  # the processes' own error text (with the rank), or their output's tail

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
+
+from worker.training.errors import TrainingError
 
 
 class Reporter(Protocol):
@@ -20,3 +25,17 @@ class Reporter(Protocol):
 
     def should_stop(self) -> bool:
         """True once the user asked to cancel. Must be cheap: called after every step."""
+
+
+@contextmanager
+def failures_logged(reporter: Reporter) -> Iterator[None]:
+    """End the run's log with why training failed: a TrainingError's readable reason, or the traceback of anything
+    unexpected. The exception goes on to the caller, which records the outcome."""
+    try:
+        yield
+    except TrainingError as exc:
+        reporter.log(f"error: {exc}")
+        raise
+    except Exception:
+        reporter.log(traceback.format_exc())
+        raise
