@@ -162,6 +162,9 @@ def test_runs_are_placed_by_memory_wait_when_too_big_follow_priority_and_survive
         assert _run(client, waiting["id"])["status"] == "queued"
 
         # Kill the small worker mid-run: it shows as lost, its run is retried on the large worker.
+        # The large worker is kept busy first, so the small run cannot go to it instead (both consume its class).
+        busy = _submit(client, tiny_spec(tiny_assets, "medium-busy", training=medium))
+        _wait_for("medium-busy running", lambda: _run(client, busy["id"])["status"] == "running")
         doomed = _submit(client, tiny_spec(tiny_assets, "retried", training={**training, "max_retries": 1}))
         running = _wait_for(
             "a run on the small worker",
