@@ -947,9 +947,8 @@ def render(report: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         "pass the padding limit because a token costs more in a longer row (Bloom's attention computes a square "
         "per row), so removing the padding of long rows saves more than its share of tokens; side by side, "
         "each turn starts with caches holding another model's data, which costs short steps relatively more "
-        "(the tuned speed-ups here are lower than in whole runs alone). The recipe trains with transformers 5's "
-        "default optimizer, `adamw_torch_fused`; tunedeck with `adamw_torch` (the spec's default), about 2 ms "
-        "slower a step for full fine-tuning here and nothing for the adapters.",
+        "(the tuned speed-ups here are lower than in whole runs alone). Both train with transformers 5's default "
+        "optimizer, `adamw_torch_fused` (tunedeck's default too).",
     ]
     batching = next((row["batching"] for row in summary if row["batching"]), None)
     if batching:

@@ -630,54 +630,81 @@ def weight_lines(facts: ModelFacts, quant_compute_bytes: int = 4) -> tuple[int, 
     return total, parts
 
 
-def optimizer_bytes(facts: ModelFacts, optim: str, run: RunShape) -> tuple[int, int, str, list[str]]:
-    """Optimizer state (bytes), the step's scratch memory, the formula, notes."""
+@dataclass(frozen=True)
+class OptimizerMemory:
+    state: int
+    scratch: int
+    formula: str
+    scratch_formula: str
+    notes: tuple[str, ...] = ()
+
+
+def optimizer_memory(facts: ModelFacts, optim: str, run: RunShape) -> OptimizerMemory:
+    """Optimizer state (bytes) and the step's scratch memory, with their formulas."""
     trainable = [g for g in facts.groups if g.trainable]
     params = sum(g.params for g in trainable)
     tensors = sum(g.tensors for g in trainable)
     state_bytes = sum(g.params * dtype_bytes(g.dtype) for g in trainable)
     largest = max((g.largest_tensor * dtype_bytes(g.dtype) for g in trainable), default=0)
-    notes: list[str] = []
     if optim in ("adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw"):
+        fused = optim == "adamw_torch_fused"
         # torch keeps each parameter's step count as a 0-d fp32 tensor on the CPU (on the GPU only when fused).
-        steps = 4 * tensors if run.device == "cpu" else 0
-        size = 2 * state_bytes + steps
+        steps = 4 * tensors if run.device == "cpu" or fused else 0
         formula = f"AdamW: 2 moments × {params:,} trainable params at their dtype (fp32: 8 B/param)"
         if steps:
             formula += f" + {tensors} step counters × 4 B"
-        # foreach AdamW on CUDA allocates one parameter-sized temporary list (sqrt of the second moment).
-        scratch = state_bytes if run.device == "cuda" else 2 * largest
-    elif optim in ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"):
+        if run.device != "cuda":
+            return OptimizerMemory(
+                2 * state_bytes + steps,
+                2 * largest,
+                formula,
+                "the per-parameter temporaries of the AdamW update (largest parameter, twice)",
+            )
+        if fused:
+            return OptimizerMemory(2 * state_bytes + steps, 0, formula, "none: the fused kernel updates in place")
+        return OptimizerMemory(
+            2 * state_bytes + steps,
+            state_bytes,
+            formula,
+            "foreach AdamW's temporary second-moment square roots (one per trainable parameter)",
+        )
+    if optim in ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"):
         big = sum(g.params for g in trainable if g.largest_tensor >= BNB_MIN_8BIT_SIZE)
         small = params - big
-        size = int(2 * big * (1 + 4 / 256)) + 2 * small * 4
         formula = (
             f"8-bit AdamW: 2 × {big:,} params × (1 B + fp32 scale per 256) + 2 × {small:,} params of tensors "
             f"under {BNB_MIN_8BIT_SIZE} values × 4 B"
         )
-        scratch = 0
-        if optim.startswith("paged"):
-            notes.append(
+        notes = (
+            (
                 "paged optimizer state lives in CUDA unified memory: torch.cuda.max_memory_allocated does not "
-                "count it, NVML does; under memory pressure it is paged out to CPU RAM"
+                "count it, NVML does; under memory pressure it is paged out to CPU RAM",
             )
-    elif optim == "paged_adamw_32bit":
-        size = 2 * params * 4
-        formula = f"paged 32-bit AdamW: 2 × {params:,} params × 4 B (in CUDA unified memory)"
-        scratch = 0
-        notes.append("paged optimizer state is not counted by torch.cuda.max_memory_allocated (NVML sees it)")
-    elif optim == "sgd":
-        size, scratch = 0, 0
-        formula = "SGD without momentum keeps no state"
-    elif optim == "adafactor":
+            if optim.startswith("paged")
+            else ()
+        )
+        size = int(2 * big * (1 + 4 / 256)) + 2 * small * 4
+        return OptimizerMemory(size, 0, formula, "none: bitsandbytes updates in place", notes)
+    if optim == "paged_adamw_32bit":
+        return OptimizerMemory(
+            2 * params * 4,
+            0,
+            f"paged 32-bit AdamW: 2 × {params:,} params × 4 B (in CUDA unified memory)",
+            "none: bitsandbytes updates in place",
+            ("paged optimizer state is not counted by torch.cuda.max_memory_allocated (NVML sees it)",),
+        )
+    if optim == "sgd":
+        return OptimizerMemory(0, 0, "SGD without momentum keeps no state", "none")
+    if optim == "adafactor":
         size = int(params * 4 * 2 / max(1, math.sqrt(params / max(1, tensors))))
         formula = "Adafactor: factored second moments (row + column sums per matrix), no first moment"
-        scratch = largest
-    else:
-        size = 2 * state_bytes
-        formula = f"{optim}: assumed 2 states per trainable parameter"
-        scratch = state_bytes
-    return size, scratch, formula, notes
+        return OptimizerMemory(size, largest, formula, "one update-sized temporary (largest parameter)")
+    return OptimizerMemory(
+        2 * state_bytes,
+        state_bytes,
+        f"{optim}: assumed 2 states per trainable parameter",
+        "assumed one temporary per trainable parameter",
+    )
 
 
 def activation_lines(facts: ModelFacts, run: RunShape, method_memory: MethodMemory) -> dict[str, Any]:
@@ -890,9 +917,10 @@ def estimate_memory(
         for g in trainable_groups
         if g.kind == "lm_head" or (g.kind == "embedding" and facts.tied_embeddings)
     )
-    optim = getattr(spec.training, "optim", "adamw_torch")
-    optimizer, optimizer_scratch, optimizer_formula, optimizer_notes = optimizer_bytes(facts, optim, run)
-    notes.extend(optimizer_notes)
+    optim = getattr(spec.training, "optim", "adamw_torch_fused")
+    optimizer_mem = optimizer_memory(facts, optim, run)
+    optimizer, optimizer_scratch = optimizer_mem.state, optimizer_mem.scratch
+    notes.extend(optimizer_mem.notes)
     weights_formula = _weights_formula(facts)
     gpus = getattr(spec.training, "num_gpus", 1)
     ddp_buckets = 0
@@ -1038,14 +1066,12 @@ def estimate_memory(
             ),
             int(at_peak.get("gradients", 0)),
         ),
-        Line("optimizer", "optimizer states", optimizer, optimizer_formula, resident_optimizer),
+        Line("optimizer", "optimizer states", optimizer, optimizer_mem.formula, resident_optimizer),
         Line(
             "optimizer_scratch",
             "optimizer step scratch",
             optimizer_scratch,
-            "foreach AdamW's temporary second-moment square roots (one per trainable parameter)"
-            if device == "cuda"
-            else "the per-parameter temporaries of the single-tensor AdamW loop (largest parameter)",
+            optimizer_mem.scratch_formula,
             int(at_peak.get("optimizer_scratch", 0)),
         ),
         Line(

@@ -16,7 +16,9 @@ from runspec.methods import AnyMethod, LoraSpec
 
 DEFAULT_MODEL = "Langboat/bloom-389m-zh"
 
-Optimizer = Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
+Optimizer = Literal[
+    "adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"
+]
 #: Optimizers that only run on a CUDA device: a CPU-only worker fails such a run at once, with this reason.
 CUDA_ONLY_OPTIMIZERS = frozenset({"paged_adamw_8bit", "paged_adamw_32bit"})
 DEFAULT_DATASET = "c-s-ale/alpaca-gpt4-data-zh"
@@ -110,8 +112,10 @@ class TrainingSpec(StrictModel):
         "auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU."
     )
     optim: Optimizer = Field(
-        "adamw_torch",
-        description="The optimizer (transformers' names). adamw_8bit keeps 8-bit optimizer state (bitsandbytes); "
+        "adamw_torch_fused",
+        description="The optimizer (transformers' names). adamw_torch_fused (transformers' default): AdamW in one "
+        "fused kernel per step; adamw_torch: the same update, one parameter at a time on CPU (foreach on CUDA). "
+        "adamw_8bit keeps 8-bit optimizer state (bitsandbytes); "
         "paged_adamw_8bit / paged_adamw_32bit page optimizer state to CPU memory on GPU memory spikes (QLoRA) "
         "and need a CUDA GPU.",
     )
