@@ -79,7 +79,8 @@ def build_table() -> str:
             )
     notes = [
         "",
-        f"GiB; batch {BATCH} × {LENGTH} tokens, bf16 autocast on one CUDA GPU, fused AdamW (`training.optim` default, which updates in place), "
+        f"GiB; batch {BATCH} × {LENGTH} tokens, bf16 autocast on one CUDA GPU, "
+        "fused AdamW (`training.optim` default, which updates in place), "
         "no gradient checkpointing. The components are their full sizes and are not all resident at once: "
         "gradients are allocated during backward while activations are freed, so the peak is the largest moment "
         "(*peak at*; see `runspec/estimate.py`). Prompt tuning adds its 8 virtual tokens to every sample "
