@@ -110,12 +110,15 @@ class Run(Base):
 class Metric(Base):
     """One logged point. The primary key (run, key, step) is the table's only index: a point logged twice (a
     resumed attempt) overwrites the first, and a run's series is one range of it. On SQLite the table is
-    clustered on it (WITHOUT ROWID), so reading a series reads its values in order, index only."""
+    clustered on it (WITHOUT ROWID), so reading a series reads its values in order, index only.
+
+    No foreign key to runs: PostgreSQL would check it with a trigger per inserted point, most of the insert's
+    time (migration 0006). Points are written only by record_progress, which reads their run first."""
 
     __tablename__ = "metrics"
     __table_args__ = (PrimaryKeyConstraint("run_id", "key", "step", name="pk_metrics"), {"sqlite_with_rowid": False})
 
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    run_id: Mapped[int] = mapped_column(Integer)
     key: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer)
     value: Mapped[float] = mapped_column(Float)

@@ -208,7 +208,8 @@ def test_run_lists_page_sort_and_search_without_reading_metrics(database: str) -
 
 
 def test_metrics_migration_keeps_every_point(tmp_path: Path) -> None:
-    """0005 rebuilds the metrics table keyed by (run, key, step) and back, points intact (SQLite)."""
+    """0005 rebuilds the metrics table keyed by (run, key, step), 0006 without its foreign key, and back, points
+    intact (SQLite)."""
     from alembic import command
 
     from app.db import make_engine
@@ -238,12 +239,65 @@ def test_metrics_migration_keeps_every_point(tmp_path: Path) -> None:
         stored = connection.exec_driver_sql("SELECT run_id, key, step, value FROM metrics").all()
         table = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'metrics'").scalar_one()
     assert sorted(map(tuple, stored)) == sorted(rows)
-    assert "WITHOUT ROWID" in table and "PRIMARY KEY (run_id" in table
+    assert "WITHOUT ROWID" in table and "PRIMARY KEY (run_id" in table and "FOREIGN KEY" in table
+    migrate(command.upgrade, "0006_metrics_without_foreign_key")
+    with engine.connect() as connection:
+        stored = connection.exec_driver_sql("SELECT run_id, key, step, value FROM metrics").all()
+        table = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'metrics'").scalar_one()
+    assert sorted(map(tuple, stored)) == sorted(rows)
+    assert "WITHOUT ROWID" in table and "PRIMARY KEY (run_id" in table and "FOREIGN KEY" not in table
     migrate(command.downgrade, "0004_worker_placement")
     with engine.connect() as connection:
         stored = connection.exec_driver_sql("SELECT run_id, key, step, value FROM metrics").all()
     assert sorted(map(tuple, stored)) == sorted(rows)
     engine.dispose()
+
+
+@pytest.mark.services
+def test_postgres_metrics_lose_their_foreign_key_and_get_it_back(tmp_path: Path) -> None:
+    """0006 on PostgreSQL: the per-row foreign-key trigger goes (the write path's main cost), points stay."""
+    from alembic import command
+
+    from app.db import make_engine
+    from app.migrate import alembic_config
+
+    with _scratch_postgres() as url:
+        engine = make_engine(url)
+        config = alembic_config()
+
+        def migrate(step: Any, revision: str) -> None:
+            with engine.begin() as connection:
+                config.attributes["connection"] = connection
+                step(config, revision)
+
+        def foreign_keys() -> list[str]:
+            with engine.connect() as connection:
+                return list(
+                    connection.scalars(
+                        text("SELECT conname FROM pg_constraint WHERE conrelid = 'metrics'::regclass AND contype = 'f'")
+                    )
+                )
+
+        migrate(command.upgrade, "0005_metric_read_path")
+        rows = [(1, key, step, step + k / 4) for step in range(1, 51) for k, key in enumerate(KEYS)]
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO runs (id, name, status, method, model, spec, spec_hash, created_at, attempt, "
+                    "cancel_requested, step, max_steps, details, latest_metrics) VALUES (1, 'r', 'succeeded', "
+                    "'lora', 'm', '{}', 'h', '2026-01-01', 1, false, 50, 50, '{}', '{}')"
+                )
+            )
+            connection.exec_driver_sql("INSERT INTO metrics (run_id, key, step, value) VALUES (%s, %s, %s, %s)", rows)
+        assert len(foreign_keys()) == 1
+        migrate(command.upgrade, "head")
+        assert foreign_keys() == []
+        migrate(command.downgrade, "0005_metric_read_path")
+        assert foreign_keys() == ["metrics_run_id_fkey"]
+        with engine.connect() as connection:
+            stored = connection.exec_driver_sql("SELECT run_id, key, step, value FROM metrics").all()
+        assert sorted(map(tuple, stored)) == sorted(rows)
+        engine.dispose()
 
 
 def test_runs_api_sorts_searches_and_names_a_bad_sort(sqlite_stack: Stack) -> None:

@@ -234,12 +234,14 @@ def record_progress(session: Session, run_id: int, update_: ProgressUpdate, atte
     return bool(run.cancel_requested)
 
 
-#: PostgreSQL: one statement per batch, whatever its size; the batch travels as three arrays.
-_POSTGRES_INSERT = (
+#: PostgreSQL: a batch is COPYed in (binary); a batch that re-logs stored points is written again as one upsert
+#: statement, the batch travelling as three arrays.
+_POSTGRES_COPY = 'COPY metrics (run_id, "key", step, value) FROM STDIN (FORMAT BINARY)'
+_POSTGRES_UPSERT = (
     "INSERT INTO metrics (run_id, key, step, value) "
-    "SELECT %s, k, s, v FROM unnest(%s::text[], %s::integer[], %s::float8[]) AS t(k, s, v)"
+    "SELECT %s, k, s, v FROM unnest(%s::text[], %s::integer[], %s::float8[]) AS t(k, s, v) "
+    "ON CONFLICT (run_id, key, step) DO UPDATE SET value = EXCLUDED.value"
 )
-_POSTGRES_UPSERT = _POSTGRES_INSERT + " ON CONFLICT (run_id, key, step) DO UPDATE SET value = EXCLUDED.value"
 #: SQLite: the driver's executemany (SQLite's C loop over the rows, one prepared statement).
 _SQLITE_UPSERT = (
     "INSERT INTO metrics (run_id, key, step, value) VALUES (?, ?, ?, ?) "
@@ -270,26 +272,31 @@ def upsert_metrics(session: Session, run_id: int, points: Sequence[tuple[int, st
 
 
 def _postgres_upsert(connection: Connection, run_id: int, points: dict[tuple[int, str], float]) -> None:
-    """A plain INSERT first, in a savepoint: PostgreSQL's ON CONFLICT costs about 40% of the insert's time and
-    almost every batch is new points. Only a batch that re-logs a stored point (a resumed attempt) is rolled
-    back to the savepoint and written again as an upsert."""
+    """COPY first, in a savepoint: almost every batch is new points, and COPY writes them about twice as fast as
+    one INSERT of the same rows (and four times an INSERT ... ON CONFLICT). Only a batch that re-logs a stored
+    point (a resumed attempt) is rolled back to the savepoint and written again as an upsert."""
     from psycopg.errors import UniqueViolation
 
-    params = (
-        run_id,
-        [key for _, key in points],
-        [int(step) for step, _ in points],
-        [float(value) for value in points.values()],
-    )
     dbapi = connection.connection.dbapi_connection
     assert dbapi is not None
     with dbapi.cursor(binary=True) as cursor:  # type: ignore[attr-defined]
         savepoint = connection.begin_nested()
         try:
-            cursor.execute(_POSTGRES_INSERT, params)
+            with cursor.copy(_POSTGRES_COPY) as copy:
+                copy.set_types(["int4", "varchar", "int4", "float8"])
+                for (step, key), value in points.items():
+                    copy.write_row((run_id, key, int(step), float(value)))
         except UniqueViolation:
             savepoint.rollback()
-            cursor.execute(_POSTGRES_UPSERT, params)
+            cursor.execute(
+                _POSTGRES_UPSERT,
+                (
+                    run_id,
+                    [key for _, key in points],
+                    [int(step) for step, _ in points],
+                    [float(v) for v in points.values()],
+                ),
+            )
         else:
             savepoint.commit()
 
