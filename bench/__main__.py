@@ -19,7 +19,7 @@ from bench.report import Figure, machine, summary_table, write_section
 
 #: (module, argv), in the order they run.
 BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
-    ("bench.train_vs_recipe", ["--write"]),  # issue 8 §1: training throughput vs the course's recipe (~4 min)
+    ("bench.train_vs_recipe", ["--write"]),  # issue 8 §1: training throughput vs the course's recipe (~6 min)
     ("bench.ingest", ["--write"]),  # issue 8 §2: metric ingestion, SQLite and PostgreSQL (~1 min)
     ("bench.dashboard", ["--write"]),  # §3: runs list, comparison, live page at 10,000 runs (~1.5 min)
     ("bench.launch", ["--write"]),  # §4: launch latency, Redis and the embedded broker (~3 min)
