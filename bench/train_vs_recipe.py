@@ -14,8 +14,9 @@ timed by one callback class: the duration of every optimizer step (from the end 
 and collating the batch and every callback and log are inside; the final checkpoint save and the held-out
 evaluation are outside), and the real (attention-mask) and computed tokens of the batches trained. On a CPU the
 three variants of a repetition train side by side in threads taking turns (`--steps-per-turn`, default one step;
-one computes while the others wait, and each dashboard writer writes only in its own run's turn), so they meet
-the same load: the development machine is shared, and whole runs of identical work alone varied tenfold.
+one computes while the others wait, each dashboard writer writes only in its own run's turn, and the order of a
+round alternates so that each variant follows each of the others equally often), so they meet the same load:
+the development machine is shared, and whole runs of identical work alone varied tenfold.
 `--no-side-by-side` runs them one after the other in rotating order (the default on a GPU, so that peak memory is
 each variant's own). Tokens/s is the median over the timed repetitions (all at seed 42), ratios the median of the
 ratios within each repetition. More seeds (`--loss-seeds`) give the held-out loss's spread: per learned token on
@@ -256,7 +257,12 @@ class Turns:
     """Round-robin turns for the variants of one repetition, trained side by side in threads so that they meet
     the same load on a shared machine: they set up one after the other (in order, so seeding stays
     deterministic), then take optimizer steps in turn (one runs, the others wait), and leave together after
-    their last step. `abort` wakes everyone when a variant fails."""
+    their last step. `abort` wakes everyone when a variant fails.
+
+    The order of a round alternates between forward and backward (A B C, A C B, A B C, ...): a step's time
+    depends on what the step before it left in the caches, so each variant follows each of the others equally
+    often (a fixed order had the recipe always follow the tuned run's small batches, and the same-settings run
+    always follow the recipe's large ones)."""
 
     def __init__(self, names: list[str], steps_per_turn: int = 1) -> None:
         self.names = names
@@ -264,8 +270,14 @@ class Turns:
         self.cond = threading.Condition()
         self.setup_turn = 0
         self.turn: int | None = None  # index into names once everyone has set up
+        self.rounds = 0  # rounds of turns completed
+        self.position = 0  # the turn's place in its round's order
         self.finished: set[str] = set()
         self.done = False
+
+    def _round_order(self) -> list[int]:
+        order = list(range(len(self.names)))
+        return order if self.rounds % 2 == 0 else [order[0], *reversed(order[1:])]
 
     def _holds(self, name: str) -> bool:
         return self.done or (self.turn is not None and self.names[self.turn] == name)
@@ -292,8 +304,11 @@ class Turns:
             if len(self.finished) == len(self.names):
                 self.done = True
             elif self.turn is not None:
-                for _ in self.names:
-                    self.turn = (self.turn + 1) % len(self.names)
+                for _ in range(2 * len(self.names)):
+                    self.position += 1
+                    if self.position == len(self.names):
+                        self.position, self.rounds = 0, self.rounds + 1
+                    self.turn = self._round_order()[self.position]
                     if self.names[self.turn] not in self.finished:
                         break
             self.cond.notify_all()
@@ -719,7 +734,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for rep, seed, variants, evaluate in schedule:
             for m_index, method in enumerate(methods):
                 held_out = evals if evaluate else None
-                if side:  # side by side, one step each in turn (a fixed order keeps the seeding identical)
+                if side:  # side by side, one step each in turn (set up in a fixed order: the seeding stays identical)
                     jobs = {v: job(method, v, seed, held_out) for v in variants}
                     done = side_by_side(jobs, Turns(list(variants), args.steps_per_turn))
                     measured_list = [done[v] for v in variants]
@@ -934,8 +949,9 @@ def render(report: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         + (
             f"The three variants of a repetition train side by side in threads, taking {report['steps_per_turn']} "
             f"step{'' if report['steps_per_turn'] == 1 else 's'} each in turn (one computes while the others "
-            "wait; each dashboard writer writes only in its own "
-            "run's turn, so its cost lands on its own steps), so they meet the same load on this shared machine, "
+            "wait; each dashboard writer writes only in its own run's turn, so its cost lands on its own steps; "
+            "the order of a round alternates, so each follows each of the others equally often), so they meet "
+            "the same load on this shared machine, "
             "where whole runs of the same work alone varied up to tenfold. "
             if report["side_by_side"]
             else "The variants ran one after the other, their order rotated from one repetition to the next. "

@@ -41,6 +41,12 @@ from worker.training.resources import device_description, has_cuda
 from worker.training.sources import model_load_kwargs, remote_code_kwargs, resolve_model
 
 log = logging.getLogger("tunedeck.training")
+#: transformers 5.24 renamed TrainingArguments.gradient_checkpointing (the old name still works, with a warning).
+CHECKPOINTING_ARGUMENT = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 
 
 @dataclass(frozen=True)
@@ -323,7 +329,7 @@ def training_arguments(
         # A packed batch has no padding and no attention mask: every token counts.
         include_num_input_tokens_seen="all" if batching.packing else "non_padding",
         train_sampling_strategy=batching.sampling_strategy(),
-        gradient_checkpointing=t.gradient_checkpointing and not uses_fsdp(spec),  # FSDP checkpoints its own way
+        **{CHECKPOINTING_ARGUMENT: t.gradient_checkpointing and not uses_fsdp(spec)},  # FSDP: its own way
         bf16=bf16,
         fp16=t.precision == "fp16",
         use_cpu=not cuda,
