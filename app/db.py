@@ -7,15 +7,25 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, FromClause, create_engine, event
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import get_settings
 
 
+class _SQLiteCompiler(SQLiteCompiler):
+    """Renders `Select.with_hint(table, "INDEXED BY ...", dialect_name="sqlite")` after the table's name, where
+    SQLite reads it; SQLAlchemy's own SQLite compiler leaves table hints out."""
+
+    def get_from_hint_text(self, table: FromClause, text: str | None) -> str | None:
+        return text
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine.dialect.statement_compiler = _SQLiteCompiler
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -191,6 +191,10 @@ def test_run_lists_page_sort_and_search_without_reading_metrics(database: str) -
             percent = run_service.list_runs(session, name="0%")  # LIKE's wildcards are plain characters here
             underscore = run_service.list_runs(session, name="_0")
             names = [run.name for run in run_service.list_runs(session, sort="name", limit=30).items]
+            # Loss sorts read their ids from a covering index, the filters checked in it.
+            failed_by_loss = run_service.list_runs(session, status="failed", sort="train_loss", limit=4, offset=2)
+            beta_by_loss = run_service.list_runs(session, name="BETA", method="lora", sort="-train_loss")
+            everything = run_service.list_runs(session, limit=30).items
     finally:
         event.remove(get_engine(), "before_cursor_execute", capture)
     assert statements and not [s for s in statements if "metrics" in s.replace("latest_metrics", "")]
@@ -203,6 +207,26 @@ def test_run_lists_page_sort_and_search_without_reading_metrics(database: str) -
     assert alpha.total == 5 and all(r.name.startswith("Alpha") and r.status == "failed" for r in alpha.items)
     assert sorted(r.name for r in percent.items) == ["Alpha_00%", "beta_10%", "beta_20%"]
     assert underscore.total == 10 and all("_0" in r.name for r in underscore.items)
+
+    def by_loss_then_newest(runs: Any, descending: bool) -> list[int]:
+        with_loss = sorted(
+            (r for r in runs if r.final_train_loss is not None),
+            key=lambda r: (-r.final_train_loss if descending else r.final_train_loss, -r.id),
+        )
+        return [r.id for r in with_loss] + sorted((r.id for r in runs if r.final_train_loss is None), reverse=True)
+
+    failed = [r for r in everything if r.status == "failed"]
+    assert failed_by_loss.total == 15
+    assert [r.id for r in failed_by_loss.items] == by_loss_then_newest(failed, descending=False)[2:6]
+    beta = [r for r in everything if r.name.startswith("beta")]
+    assert beta_by_loss.total == 20 and [r.id for r in beta_by_loss.items] == by_loss_then_newest(beta, True)
+    if database == "sqlite":
+        page_ids = [s for s in statements if s.split("from", 1)[0].strip() == "select runs.id"]
+        loss_sorts = [s for s in page_ids if "order by runs.final_train_loss" in s]
+        assert loss_sorts and all("indexed by ix_runs_final_train_loss_cover" in s for s in loss_sorts)
+        with session_scope() as session:
+            plan = session.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + loss_sorts[-1], ("lora", "BETA", 50, 0))
+            assert "COVERING INDEX ix_runs_final_train_loss_cover" in " ".join(str(row[3]) for row in plan)
     with pytest.raises(ValueError, match="sort must be one of"), session_scope() as session:
         run_service.list_runs(session, sort="spec")
 
