@@ -176,9 +176,11 @@ and the runs page (50 a page, rendered), filtered, searched and sorted:
 
 A list never reads the metrics table: its columns come from the runs' latest-value summary (`runs.latest_metrics`,
 updated with each batch of points). Sorting by name, status, method, train or eval loss walks an index (migration
-0005 adds those on name and the two losses); the page's 50 ids are found first, from the indexes alone, and only
-those rows are read (a sort of whole rows, JSON included, took 370 ms for page 100 sorted by name). A name search
-scans the name index, not the table. The count for the pager is an index-only count.
+0005 adds those on name and the losses; 0007 makes each loss index (loss, status, method, name), so a filtered
+loss sort is answered by it alone); the page's 50 ids are found first, from the indexes alone, and only those rows
+are read (a sort of whole rows, JSON included, took 370 ms for page 100 sorted by name; reading each filtered row
+for its loss took 16-21 ms for status=succeeded sorted by train loss, 0.8 ms from the covering index). A name
+search scans the name index, not the table. The count for the pager is an index-only count.
 
 **Comparison of the 50 runs** (2 M points):
 
