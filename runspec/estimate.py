@@ -654,20 +654,14 @@ def optimizer_memory(facts: ModelFacts, optim: str, run: RunShape) -> OptimizerM
         if steps:
             formula += f" + {tensors} step counters × 4 B"
         if run.device != "cuda":
-            return OptimizerMemory(
-                2 * state_bytes + steps,
-                2 * largest,
-                formula,
-                "the per-parameter temporaries of the AdamW update (largest parameter, twice)",
-            )
-        if fused:
-            return OptimizerMemory(2 * state_bytes + steps, 0, formula, "none: the fused kernel updates in place")
-        return OptimizerMemory(
-            2 * state_bytes + steps,
-            state_bytes,
-            formula,
-            "foreach AdamW's temporary second-moment square roots (one per trainable parameter)",
-        )
+            scratch = 2 * largest
+            scratch_formula = "the per-parameter temporaries of the AdamW update (largest parameter, twice)"
+        elif fused:
+            scratch, scratch_formula = 0, "none: the fused kernel updates in place"
+        else:
+            scratch = state_bytes
+            scratch_formula = "foreach AdamW's temporary second-moment square roots (one per trainable parameter)"
+        return OptimizerMemory(2 * state_bytes + steps, scratch, formula, scratch_formula)
     if optim in ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"):
         big = sum(g.params for g in trainable if g.largest_tensor >= BNB_MIN_8BIT_SIZE)
         small = params - big

@@ -231,15 +231,10 @@ def test_run_lists_page_sort_and_search_without_reading_metrics(database: str) -
         run_service.list_runs(session, sort="spec")
 
 
-def test_metrics_migration_keeps_every_point(tmp_path: Path) -> None:
-    """0005 rebuilds the metrics table keyed by (run, key, step), 0006 without its foreign key, and back, points
-    intact (SQLite)."""
-    from alembic import command
-
-    from app.db import make_engine
+def _migrator(engine: Any) -> Any:
+    """migrate(command.upgrade | command.downgrade, revision) on `engine`, in a transaction."""
     from app.migrate import alembic_config
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'migrate.sqlite'}")
     config = alembic_config()
 
     def migrate(step: Any, revision: str) -> None:
@@ -247,17 +242,37 @@ def test_metrics_migration_keeps_every_point(tmp_path: Path) -> None:
             config.attributes["connection"] = connection
             step(config, revision)
 
-    migrate(command.upgrade, "0004_worker_placement")
-    rows = [(1, key, step, step + k / 4) for step in range(1, 201) for k, key in enumerate(KEYS)]
+    return migrate
+
+
+def _store_one_run_with_points(engine: Any, steps: int) -> list[tuple[int, str, int, float]]:
+    """Run 1 with `steps` steps of every KEYS metric, written with plain SQL (the schema of an older revision)."""
+    rows = [(1, key, step, step + k / 4) for step in range(1, steps + 1) for k, key in enumerate(KEYS)]
+    placeholders = ", ".join(["?" if engine.dialect.paramstyle == "qmark" else "%s"] * 4)
     with engine.begin() as connection:
         connection.execute(
             text(
                 "INSERT INTO runs (id, name, status, method, model, spec, spec_hash, created_at, attempt, "
                 "cancel_requested, step, max_steps, details, latest_metrics) VALUES (1, 'r', 'succeeded', 'lora', "
-                "'m', '{}', 'h', '2026-01-01', 1, 0, 200, 200, '{}', '{}')"
-            )
+                "'m', '{}', 'h', '2026-01-01', 1, false, :steps, :steps, '{}', '{}')"
+            ),
+            {"steps": steps},
         )
-        connection.exec_driver_sql("INSERT INTO metrics (run_id, key, step, value) VALUES (?, ?, ?, ?)", rows)
+        connection.exec_driver_sql(f"INSERT INTO metrics (run_id, key, step, value) VALUES ({placeholders})", rows)
+    return rows
+
+
+def test_metrics_migration_keeps_every_point(tmp_path: Path) -> None:
+    """0005 rebuilds the metrics table keyed by (run, key, step), 0006 without its foreign key, and back, points
+    intact (SQLite)."""
+    from alembic import command
+
+    from app.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'migrate.sqlite'}")
+    migrate = _migrator(engine)
+    migrate(command.upgrade, "0004_worker_placement")
+    rows = _store_one_run_with_points(engine, steps=200)
     migrate(command.upgrade, "0005_metric_read_path")
     with engine.connect() as connection:
         stored = connection.exec_driver_sql("SELECT run_id, key, step, value FROM metrics").all()
@@ -283,16 +298,10 @@ def test_postgres_metrics_lose_their_foreign_key_and_get_it_back(tmp_path: Path)
     from alembic import command
 
     from app.db import make_engine
-    from app.migrate import alembic_config
 
     with _scratch_postgres() as url:
         engine = make_engine(url)
-        config = alembic_config()
-
-        def migrate(step: Any, revision: str) -> None:
-            with engine.begin() as connection:
-                config.attributes["connection"] = connection
-                step(config, revision)
+        migrate = _migrator(engine)
 
         def foreign_keys() -> list[str]:
             with engine.connect() as connection:
@@ -303,16 +312,7 @@ def test_postgres_metrics_lose_their_foreign_key_and_get_it_back(tmp_path: Path)
                 )
 
         migrate(command.upgrade, "0005_metric_read_path")
-        rows = [(1, key, step, step + k / 4) for step in range(1, 51) for k, key in enumerate(KEYS)]
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO runs (id, name, status, method, model, spec, spec_hash, created_at, attempt, "
-                    "cancel_requested, step, max_steps, details, latest_metrics) VALUES (1, 'r', 'succeeded', "
-                    "'lora', 'm', '{}', 'h', '2026-01-01', 1, false, 50, 50, '{}', '{}')"
-                )
-            )
-            connection.exec_driver_sql("INSERT INTO metrics (run_id, key, step, value) VALUES (%s, %s, %s, %s)", rows)
+        rows = _store_one_run_with_points(engine, steps=50)
         assert len(foreign_keys()) == 1
         migrate(command.upgrade, "head")
         assert foreign_keys() == []
