@@ -270,9 +270,10 @@ def markdown(results: list[Result], seconds: float) -> str:
 What a training worker does, in one process: a `DatabaseReporter` (the reporter the training callback logs to)
 buffers the points; its background thread writes whatever arrived every `TUNEDECK_METRIC_FLUSH_SECONDS`
 ({flush:g} s) through `runs.record_progress`, one transaction per batch: one statement for all the batch's points
-(SQLite: the driver's `executemany` of `INSERT … ON CONFLICT (run_id, key, step) DO UPDATE`; PostgreSQL: one
-`INSERT … SELECT FROM unnest(keys, steps, values)` in a savepoint, again with `ON CONFLICT … DO UPDATE` only when
-the batch re-logs a stored point), the latest-value summary, progress and heartbeat. `tunedeck serve --no-worker`
+(SQLite: the driver's `executemany` of `INSERT … ON CONFLICT (run_id, key, step) DO UPDATE`; PostgreSQL: a
+binary `COPY` in a savepoint, rolled back and written again as one `INSERT … SELECT FROM unnest(keys, steps,
+values) ON CONFLICT … DO UPDATE` only when the batch re-logs a stored point), the latest-value summary, progress
+and heartbeat. `tunedeck serve --no-worker`
 serves the same scratch database, and a reader thread GETs `/api/runs/{{id}}/metrics?key=loss&after_step=…` every
 50 ms while points are logged at 50,000 a second (4 metrics a step): the latency is from the log call to the
 answer that first holds the point (the HTTP round trip and up to 50 ms of the reader's pause included). Then a
@@ -287,7 +288,10 @@ attempt, overwrites the first).
 Before, the same path went through SQLAlchemy's per-row parameter handling, and the table had a surrogate id (a
 second index to maintain; migration 0005 made (run_id, key, step) the primary key): 36,000 rows/s into SQLite
 measured by the comparison benchmark on the loaded machine, 36,000–40,000 into PostgreSQL on an idle one. On
-PostgreSQL `ON CONFLICT` costs about 40% of an insert, hence the plain insert first. The reporter used to flush
+PostgreSQL `ON CONFLICT` costs about 40% of an insert and a plain INSERT about twice a COPY, hence the COPY
+first; the metrics table's foreign key to runs cost a trigger per point, more than half of an insert (migration
+0006 dropped it: points are written only by `record_progress`, in the transaction that reads their run, and runs
+are never deleted): 39,000 points/s into PostgreSQL before those two changes. The reporter used to flush
 every second (now every {flush:g} s by default), which was most of the latency. PostgreSQL shares the 2 cores
 with the web server, the reader and the writer here; at 50,000 points/s its batches take most of the quarter
 second, hence its higher latency."""

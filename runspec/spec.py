@@ -108,6 +108,13 @@ class TrainingSpec(StrictModel):
         "(length grouping does the work); on: wherever it is correct (a run on a model that cannot fails at "
         "start).",
     )
+    supervised_logits_only: bool = Field(
+        True,
+        description="Project onto the vocabulary only at positions whose next token is learned (the response), "
+        "not at prompt or padding positions: the same loss and gradients with less compute and memory (the logits "
+        "are batch × length × vocabulary numbers). Checked on the model when training starts (transformers' "
+        "boolean logits_to_keep); where the model cannot, every position is projected.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU."
     )

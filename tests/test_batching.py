@@ -1,4 +1,5 @@
-"""Batching defaults (training.group_by_length, training.packing): what each method gets, and that it trains.
+"""Batching defaults (training.group_by_length, training.packing, training.supervised_logits_only): what each
+method gets, and that it trains.
 
 Real training of the tiny models in-process (worker.training.run.train with an in-memory Reporter); a callback
 looks at the batches the Trainer's dataloader really produced and at a fixed held-out batch's loss.
@@ -19,8 +20,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq
 from runspec import RunSpec
 from tests.conftest import tiny_spec
 from tests.method_matrix import MemoryReporter
-from worker.training.batching import plan_batching
+from worker.training.batching import plan_batching, plan_supervised_logits, supervised_logits_problem
 from worker.training.errors import TrainingError
+from worker.training.method_check import build_method
 from worker.training.run import train
 
 
@@ -123,6 +125,7 @@ def test_tuned_defaults_group_batches_by_length_and_train(tiny_assets: Any, tmp_
     assert batching["group_by_length"] is True and batching["packing"] is False, batching
     expected_reason = "auto: eager attention" if method["name"] == "lora" else "virtual tokens before every sample"
     assert expected_reason in batching["packing_reason"], batching
+    assert batching["supervised_logits_only"] is True, batching
     assert type(watcher.sampler).__name__ == "LengthGroupedSampler"
     assert watcher.rows == [4] * 12  # padded batches of batch_size rows
     # Random batches of 4 of this data compute about 1.9× their real tokens; grouped ones hardly more than 1×.
@@ -143,6 +146,7 @@ def test_same_settings_pad_like_the_recipe(tiny_assets: Any, tmp_path: Path) -> 
                 "batch_size": 4,
                 "group_by_length": False,
                 "packing": "off",
+                "supervised_logits_only": False,
                 "eval_generation_samples": 0,
             },
         )
@@ -154,6 +158,8 @@ def test_same_settings_pad_like_the_recipe(tiny_assets: Any, tmp_path: Path) -> 
         "group_by_length": False,
         "packing": False,
         "packing_reason": "training.packing=off",
+        "supervised_logits_only": False,
+        "supervised_logits_reason": "training.supervised_logits_only=false",
     }
     assert type(watcher.sampler).__name__.endswith("RandomSampler")  # accelerate's seedable one
     assert watcher.rows == [4] * 4
@@ -229,3 +235,68 @@ def test_packing_refused_where_attention_would_cross_samples(tiny_assets: Any) -
             RunSpec.model_validate(tiny_spec(tiny_assets, method={"name": name}, training={"packing": "on"}))
         spec = RunSpec.model_validate(tiny_spec(tiny_assets, method={"name": name}))
         assert plan_batching(spec, spec.method, model).group_by_length is True
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning", "prefix_tuning", "full"])
+def test_supervised_logits_give_the_full_loss_and_gradients(tiny_assets: Any, method: str) -> None:
+    """Logits only where a token is learned: one logit row per learned token (prompt tuning's virtual tokens
+    skipped too), and the training loss and every trainable gradient equal those of projecting every position."""
+    spec = RunSpec.model_validate(tiny_spec(tiny_assets, method={"name": method}, dataset={"eval_fraction": 0}))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets.model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_assets.model_dir, dtype=torch.float32)
+    batching = plan_batching(spec, spec.method, base)
+    model = build_method(spec.method.resolved(spec.training), base, tokenizer)
+    batching = plan_supervised_logits(spec, batching, model)
+    assert batching.supervised_logits is not None, batching.logits_reason
+    assert batching.supervised_logits.virtual_tokens == (8 if method == "prompt_tuning" else 0)
+
+    generator = torch.Generator().manual_seed(3)
+    features = []
+    for length, prompt in ((11, 6), (5, 2), (16, 9)):
+        ids = torch.randint(4, len(tokenizer), (length,), generator=generator).tolist()
+        features.append({"input_ids": ids, "attention_mask": [1] * length, "labels": [-100] * prompt + ids[prompt:]})
+    padded = DataCollatorForSeq2Seq(tokenizer, padding=True)(features)
+    learned = batching.collator(tokenizer)(features)
+    assert learned["shift_labels"].tolist() == [t for f in features for t in f["labels"][1:] if t != -100]
+
+    def loss_and_gradients(batch: Any) -> tuple[Any, Any, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(0)  # the same dropout masks for both (LoRA's dropout is on in train mode)
+        out = model(**batch)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+        return out.loss.detach(), out.logits.shape, grads
+
+    model.train()
+    full_loss, full_shape, full_grads = loss_and_gradients(padded)
+    loss, shape, grads = loss_and_gradients(learned)
+    assert shape == (int(learned["shift_labels"].numel()), full_shape[-1])
+    assert float(loss) == pytest.approx(float(full_loss), rel=1e-5)
+    assert grads.keys() == full_grads.keys() and grads
+    for name, grad in grads.items():
+        assert torch.allclose(grad, full_grads[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_supervised_logits_fall_back_where_the_model_cannot(tiny_assets: Any) -> None:
+    """A model whose forward ignores logits_to_keep keeps every position, saying why; so does the setting off."""
+    from transformers import BloomForCausalLM
+
+    class EveryPosition(BloomForCausalLM):
+        def forward(self, *args: Any, logits_to_keep: Any = 0, shift_labels: Any = None, **kwargs: Any) -> Any:
+            return super().forward(*args, **kwargs)
+
+    model = EveryPosition.from_pretrained(tiny_assets.model_dir, dtype=torch.float32)
+    problem = supervised_logits_problem(model)
+    assert isinstance(problem, str) and "ignores a boolean logits_to_keep" in problem, problem
+    spec = RunSpec.model_validate(tiny_spec(tiny_assets, method={"name": "full"}))
+    batching = plan_supervised_logits(spec, plan_batching(spec, spec.method, model), model)
+    assert batching.supervised_logits is None and "ignores a boolean logits_to_keep" in batching.logits_reason
+    assert "logits_to_keep" not in batching.collator(AutoTokenizer.from_pretrained(tiny_assets.model_dir))(
+        [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7]}]
+    )
+
+    off = RunSpec.model_validate(tiny_spec(tiny_assets, training={"supervised_logits_only": False}))
+    plain = AutoModelForCausalLM.from_pretrained(tiny_assets.model_dir, dtype=torch.float32)
+    batching = plan_supervised_logits(off, plan_batching(off, off.method, plain), plain)
+    assert batching.supervised_logits is None
+    assert batching.details()["supervised_logits_reason"] == "training.supervised_logits_only=false"

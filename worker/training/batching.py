@@ -15,12 +15,19 @@ Two settings (training.group_by_length, training.packing):
   sample exactly as alone. Never for prompt-learning methods: their virtual tokens go before each *row*.
   `auto` packs only where the attention kernel skips the masked-out blocks (FlashAttention): SDPA and eager
   attention compute the whole packed row's square and mask it, which can cost more than it saves.
+
+A third setting, training.supervised_logits_only (default on), skips work that is not padding: only positions
+whose next token is learned (the response) are projected onto the vocabulary. Each batch carries a boolean
+`logits_to_keep` and the learned tokens as `shift_labels`, which transformers' causal-LM models and loss take as
+they are; the loss and gradients are those of every position projected, since the others' labels are -100
+anyway. `supervised_logits_problem` checks this on the run's model (after the method wrapped it, which also tells
+how many virtual tokens prompt tuning puts before the inputs).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -42,18 +49,114 @@ class Batching:
     packing: bool
     #: why packing is on or off, for the run's log and details
     reason: str
+    #: logits only where a token is learned; None: every position (and `logits_reason` says why)
+    supervised_logits: SupervisedLogits | None = None
+    logits_reason: str = "not planned"
 
     def details(self) -> dict[str, Any]:
-        return {"group_by_length": self.group_by_length, "packing": self.packing, "packing_reason": self.reason}
+        details: dict[str, Any] = {
+            "group_by_length": self.group_by_length,
+            "packing": self.packing,
+            "packing_reason": self.reason,
+        }
+        if self.logits_reason != "not planned":
+            details["supervised_logits_only"] = self.supervised_logits is not None
+            details["supervised_logits_reason"] = self.logits_reason
+        return details
 
     def collator(self, tokenizer: Any) -> Any:
         if self.packing:
             # Labels: each sample's first label becomes -100, so no sample learns to predict the next one's start.
-            return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
-        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+            collate: Any = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        else:
+            collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        if self.supervised_logits is not None:
+            return self.supervised_logits.wrap(collate)
+        return collate
 
     def sampling_strategy(self) -> str:
         return "group_by_length" if self.group_by_length else "random"
+
+
+@dataclass(frozen=True)
+class SupervisedLogits:
+    """What a batch needs so that the model projects onto the vocabulary only where a token is learned."""
+
+    #: positions the method puts before the inputs (prompt tuning's and P-Tuning's virtual tokens)
+    virtual_tokens: int = 0
+
+    def wrap(self, collate: Any) -> Any:
+        return _SupervisedLogitsCollator(collate, self)
+
+    def add_to(self, batch: Any) -> Any:
+        """`shift_labels`: the learned next tokens, flattened; `logits_to_keep`: the positions that predict them
+        (batch × positions, virtual ones included). The model returns their logits flattened, in the same order."""
+        labels = batch["labels"]
+        next_labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+        keep = next_labels != -100
+        batch["shift_labels"] = next_labels[keep]
+        if self.virtual_tokens:
+            keep = torch.cat((keep.new_zeros((keep.shape[0], self.virtual_tokens)), keep), dim=1)
+        batch["logits_to_keep"] = keep
+        return batch
+
+
+@dataclass(frozen=True)
+class _SupervisedLogitsCollator:
+    collate: Any
+    plan: SupervisedLogits
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        return self.plan.add_to(self.collate(features))
+
+
+def plan_supervised_logits(spec: RunSpec, batching: Batching, model: Any) -> Batching:
+    """Add training.supervised_logits_only to the batching plan, checked on the method-wrapped model."""
+    if not spec.training.supervised_logits_only:
+        return replace(batching, supervised_logits=None, logits_reason="training.supervised_logits_only=false")
+    checked = supervised_logits_problem(model)
+    if isinstance(checked, str):
+        return replace(batching, supervised_logits=None, logits_reason=f"every position projected: {checked}")
+    return replace(
+        batching,
+        supervised_logits=checked,
+        logits_reason="checked on this model: the loss from the learned positions' logits equals the full one",
+    )
+
+
+def supervised_logits_problem(model: Any) -> SupervisedLogits | str:
+    """How to batch for logits at learned positions only, or what goes wrong on this model. Two rows (one padded,
+    prompts labelled -100) go through the model in eval mode, once projecting every position and once only the
+    learned ones: the second must return one logit row per learned token and the same loss."""
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab < 8:
+        return "the model's vocabulary is too small to check"
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        ids = torch.randint(4, vocab, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
+        attention_mask = torch.ones_like(ids)
+        attention_mask[1, 9:] = 0
+        labels = ids.clone()
+        labels[:, :5] = -100
+        labels[1, 9:] = -100
+        with torch.no_grad():
+            every = model(input_ids=ids, attention_mask=attention_mask, labels=labels)
+            plan = SupervisedLogits(virtual_tokens=max(0, every.logits.shape[1] - ids.shape[1]))
+            batch = plan.add_to({"input_ids": ids, "attention_mask": attention_mask, "labels": labels})
+            learned = model(**batch)
+    except Exception as exc:  # a model whose forward takes no boolean logits_to_keep or shift_labels
+        return f"{type(model).__name__} cannot ({(str(exc).splitlines() or [''])[0][:200]})"
+    finally:
+        model.train(was_training)
+    expected_rows = int(batch["shift_labels"].numel())
+    if learned.logits.shape[:-1] != (expected_rows,):
+        return f"{type(model).__name__} ignores a boolean logits_to_keep (logits {tuple(learned.logits.shape)})"
+    full, part = float(every.loss), float(learned.loss)
+    if not abs(full - part) <= (1e-5 if config_dtype_is_fp32(model) else 1e-2) * max(1.0, abs(full)):
+        return f"the loss differs from the full projection's ({part:.6g} vs {full:.6g})"
+    return plan
 
 
 def plan_batching(spec: RunSpec, method: MethodSpec, model: Any) -> Batching:

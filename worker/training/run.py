@@ -23,7 +23,7 @@ from transformers import (
 
 from runspec import RunSpec
 from runspec.sources import ResolvedSource
-from worker.training.batching import Batching, plan_batching
+from worker.training.batching import Batching, plan_batching, plan_supervised_logits
 from worker.training.callbacks import ReporterCallback
 from worker.training.checkpoints import CheckpointMarkerCallback
 from worker.training.data import prepare_dataset, split_eval
@@ -113,13 +113,15 @@ def _train(
         method = spec.method.resolved(spec.training)  # e.g. AdaLoRA's total_step from training.max_steps
         base_model = load_base_model(spec)
         batching = plan_batching(spec, method, base_model)  # packing is checked on the base model itself
-        reporter.details({"batching": batching.details()})
         log.info(
             "batches: %s, %s",
             "grouped by length" if batching.group_by_length else "in random order",
             "packed" if batching.packing else f"padded ({batching.reason})",
         )
         model = build_method(method, base_model, tokenizer)  # target modules checked: readable refusal
+        batching = plan_supervised_logits(spec, batching, model)  # checked on the wrapped model: virtual tokens
+        reporter.details({"batching": batching.details()})
+        log.info("logits: %s", batching.logits_reason)
         trainable, total = count_parameters(model)
         facts.update(trainable_params=trainable, total_params=total)
         reporter.details(
