@@ -86,6 +86,8 @@ def test_finished_run_page_shows_results(sqlite_stack: Stack, finished_run: dict
     assert shown["Wall time"] == human_duration(finished_run["wall_time_seconds"]) != "–"
     assert shown["Adapter saved at"] == finished_run["artifact_dir"]
     assert finished_run["artifact_dir"].endswith("adapter")
+    assert shown["Batches"].startswith("grouped by length (each group of batches starts with its longest samples")
+    assert shown["Batches"].endswith("· logits only where a token is learned")
 
     log = live.find(id="run-log").get_text()
     assert "trainable params" in log
