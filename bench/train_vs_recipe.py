@@ -95,7 +95,14 @@ average 2–5):
   token) side by side gave same-settings ratios of 0.97–1.04 per repetition and tuned 1.49–1.64, in 4–6 minutes.
 - Held-out losses: tuned full fine-tunes end *lower* than the recipe at both seeds (hidden 128: by 0.04–0.06;
   hidden 256: by 0.16–0.18, LoRA too): length grouping changes which samples share a step, and here the first
-  steps carry the longest samples. Prompt tuning barely moves a randomly initialised model at either size."""
+  steps carry the longest samples. Prompt tuning barely moves a randomly initialised model at either size.
+- Across machines and runs (3 repetitions each), tuned / recipe for full, LoRA, prompt tuning: Intel Xeon
+  (length grouping alone) 1.53/1.54/1.47, 1.51/1.47/1.57, 1.42/1.54/1.38; AMD EPYC (length grouping alone)
+  1.57/1.49/1.67; AMD EPYC with logits only at learned positions (the default since) 1.51/1.60/1.58 and
+  1.62/1.57/1.57. A repetition's ratio moves about ±5% on these shared cores, and a step's cost is close to
+  linear in its computed tokens (a profile: matrix products and Bloom's GeLU), so the centre sits near the
+  recipe's padded/real ratio over the tuned one's (1.59 / 1.03 ≈ 1.54) plus what the skipped logits save
+  (about 2% of a step at this 2,000-token vocabulary)."""
 NOT_MEASURED_GPU = (
     "**Not yet measured.** No GPU was lent to the session that wrote this benchmark. On a machine with one, "
     "`python -m bench.train_vs_recipe --device cuda --reps 2 --write` measures real tokens/s and peak memory "
