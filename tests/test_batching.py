@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq
 from runspec import RunSpec
 from tests.conftest import tiny_spec
 from tests.method_matrix import MemoryReporter
-from worker.training.batching import plan_batching, plan_supervised_logits, supervised_logits_problem
+from worker.training.batching import check_supervised_logits, plan_batching, plan_supervised_logits
 from worker.training.errors import TrainingError
 from worker.training.method_check import build_method
 from worker.training.run import train
@@ -286,8 +286,8 @@ def test_supervised_logits_fall_back_where_the_model_cannot(tiny_assets: Any) ->
             return super().forward(*args, **kwargs)
 
     model = EveryPosition.from_pretrained(tiny_assets.model_dir, dtype=torch.float32)
-    problem = supervised_logits_problem(model)
-    assert isinstance(problem, str) and "ignores a boolean logits_to_keep" in problem, problem
+    checked = check_supervised_logits(model)
+    assert isinstance(checked, str) and "ignores a boolean logits_to_keep" in checked, checked
     spec = RunSpec.model_validate(tiny_spec(tiny_assets, method={"name": "full"}))
     batching = plan_supervised_logits(spec, plan_batching(spec, spec.method, model), model)
     assert batching.supervised_logits is None and "ignores a boolean logits_to_keep" in batching.logits_reason

@@ -20,7 +20,7 @@ A third setting, training.supervised_logits_only (default on), skips work that i
 whose next token is learned (the response) are projected onto the vocabulary. Each batch carries a boolean
 `logits_to_keep` and the learned tokens as `shift_labels`, which transformers' causal-LM models and loss take as
 they are; the loss and gradients are those of every position projected, since the others' labels are -100
-anyway. `supervised_logits_problem` checks this on the run's model (after the method wrapped it, which also tells
+anyway. `check_supervised_logits` checks this on the run's model (after the method wrapped it, which also tells
 how many virtual tokens prompt tuning puts before the inputs).
 """
 
@@ -114,7 +114,7 @@ def plan_supervised_logits(spec: RunSpec, batching: Batching, model: Any) -> Bat
     """Add training.supervised_logits_only to the batching plan, checked on the method-wrapped model."""
     if not spec.training.supervised_logits_only:
         return replace(batching, supervised_logits=None, logits_reason="training.supervised_logits_only=false")
-    checked = supervised_logits_problem(model)
+    checked = check_supervised_logits(model)
     if isinstance(checked, str):
         return replace(batching, supervised_logits=None, logits_reason=f"every position projected: {checked}")
     return replace(
@@ -124,7 +124,7 @@ def plan_supervised_logits(spec: RunSpec, batching: Batching, model: Any) -> Bat
     )
 
 
-def supervised_logits_problem(model: Any) -> SupervisedLogits | str:
+def check_supervised_logits(model: Any) -> SupervisedLogits | str:
     """How to batch for logits at learned positions only, or what goes wrong on this model. Two rows (one padded,
     prompts labelled -100) go through the model in eval mode, once projecting every position and once only the
     learned ones: the second must return one logit row per learned token and the same loss."""
