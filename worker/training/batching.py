@@ -35,7 +35,8 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
 from runspec import RunSpec
 from runspec.methods import MethodSpec
-from worker.training.errors import TrainingError
+from worker.training.errors import TrainingError, first_line
+from worker.training.modes import evaluating
 
 log = logging.getLogger("tunedeck.training")
 
@@ -51,7 +52,8 @@ class Batching:
     reason: str
     #: logits only where a token is learned; None: every position (and `logits_reason` says why)
     supervised_logits: SupervisedLogits | None = None
-    logits_reason: str = "not planned"
+    #: None until plan_supervised_logits has looked at the method-wrapped model
+    logits_reason: str | None = None
 
     def details(self) -> dict[str, Any]:
         details: dict[str, Any] = {
@@ -59,7 +61,7 @@ class Batching:
             "packing": self.packing,
             "packing_reason": self.reason,
         }
-        if self.logits_reason != "not planned":
+        if self.logits_reason is not None:
             details["supervised_logits_only"] = self.supervised_logits is not None
             details["supervised_logits_reason"] = self.logits_reason
         return details
@@ -131,25 +133,21 @@ def check_supervised_logits(model: Any) -> SupervisedLogits | str:
     vocab = int(getattr(model.config, "vocab_size", 0) or 0)
     if vocab < 8:
         return "the model's vocabulary is too small to check"
-    was_training = model.training
-    model.eval()
+    device = next(model.parameters()).device
+    ids = torch.randint(4, vocab, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
+    attention_mask = torch.ones_like(ids)
+    attention_mask[1, 9:] = 0
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[1, 9:] = -100
     try:
-        device = next(model.parameters()).device
-        ids = torch.randint(4, vocab, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
-        attention_mask = torch.ones_like(ids)
-        attention_mask[1, 9:] = 0
-        labels = ids.clone()
-        labels[:, :5] = -100
-        labels[1, 9:] = -100
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             every = model(input_ids=ids, attention_mask=attention_mask, labels=labels)
             plan = SupervisedLogits(virtual_tokens=max(0, every.logits.shape[1] - ids.shape[1]))
             batch = plan.add_to({"input_ids": ids, "attention_mask": attention_mask, "labels": labels})
             learned = model(**batch)
     except Exception as exc:  # a model whose forward takes no boolean logits_to_keep or shift_labels
-        return f"{type(model).__name__} cannot ({(str(exc).splitlines() or [''])[0][:200]})"
-    finally:
-        model.train(was_training)
+        return f"{type(model).__name__} cannot ({first_line(exc, 200)})"
     expected_rows = int(batch["shift_labels"].numel())
     if learned.logits.shape[:-1] != (expected_rows,):
         return f"{type(model).__name__} ignores a boolean logits_to_keep (logits {tuple(learned.logits.shape)})"
@@ -205,28 +203,24 @@ def packed_attention_problem(model: Any) -> str | None:
     if vocab < 8:
         return "the model's vocabulary is too small to check packing"
     use_cache, config.use_cache = getattr(config, "use_cache", None), False
-    was_training = model.training
-    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    a, a2 = (torch.randint(4, vocab, (7,), generator=generator) for _ in range(2))
+    b = torch.randint(4, vocab, (5,), generator=generator)
+    collate = DataCollatorWithFlattening(return_position_ids=True)
+
+    def logits(*samples: torch.Tensor) -> torch.Tensor:
+        batch = collate([{"input_ids": s.tolist()} for s in samples])
+        out = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device))
+        return out.logits[0].float().cpu()
+
     try:
-        device = next(model.parameters()).device
-        generator = torch.Generator().manual_seed(0)
-        a, a2 = (torch.randint(4, vocab, (7,), generator=generator) for _ in range(2))
-        b = torch.randint(4, vocab, (5,), generator=generator)
-        collate = DataCollatorWithFlattening(return_position_ids=True)
-
-        def logits(*samples: torch.Tensor) -> torch.Tensor:
-            batch = collate([{"input_ids": s.tolist()} for s in samples])
-            with torch.no_grad():
-                out = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device))
-            return out.logits[0].float().cpu()
-
-        packed, packed_other = logits(a, b), logits(a2, b)
-        alone_a, alone_b = logits(a), logits(b)
+        with evaluating(model), torch.no_grad():
+            packed, packed_other = logits(a, b), logits(a2, b)
+            alone_a, alone_b = logits(a), logits(b)
     except Exception as exc:  # a model that refuses position ids or a row without attention mask
         config.use_cache = use_cache
-        return f"{type(model).__name__} cannot run a packed row ({(str(exc).splitlines() or [''])[0][:200]})"
-    finally:
-        model.train(was_training)
+        return f"{type(model).__name__} cannot run a packed row ({first_line(exc, 200)})"
     problem = _packing_problem(model, packed, packed_other, alone_a, alone_b)
     if problem is not None:
         config.use_cache = use_cache  # packing will not be used: leave the model as it was

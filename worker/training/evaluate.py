@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from worker.training.data import IGNORE_INDEX
+from worker.training.modes import evaluating
 from worker.training.reporter import Reporter
 
 log = logging.getLogger("tunedeck.training")
@@ -85,10 +86,8 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[HeldOutPrompt
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     answers = []
-    try:
+    with evaluating(model):
         for prompt in prompts:
             input_ids = torch.tensor([prompt.prompt_ids], device=device)
             with torch.inference_mode():
@@ -107,8 +106,6 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[HeldOutPrompt
             if eos_id is not None and eos_id in new_ids:
                 new_ids = new_ids[: new_ids.index(eos_id)]
             answers.append(tokenizer.decode(new_ids, skip_special_tokens=True).strip())
-    finally:
-        model.train(was_training)
     return answers
 
 

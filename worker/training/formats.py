@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from runspec import DatasetSpec
 from runspec.datasets import FORMAT_FIELDS, FORMAT_HELP, REQUIRED_FIELDS, ROLE_ALIASES
-from worker.training.errors import TrainingError
+from worker.training.errors import TrainingError, first_line
 
 IGNORE_INDEX = -100
 #: Bump when the encoding changes, so cached tokenized datasets of older code are not reused.
@@ -207,7 +207,7 @@ def _render_chat(tokenizer: Any, messages: list[dict[str, str]], generation_prom
     try:
         rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as exc:
-        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+        reason = first_line(exc, 300)
         raise TrainingError(f"the chat template of {label} refused a conversation: {reason}") from exc
     return str(rendered)
 
@@ -296,7 +296,7 @@ def tokenize_rows(
         inner = _training_error_in(exc)
         if inner is not None:
             raise inner from exc
-        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500]
+        reason = first_line(exc)
         raise TrainingError(f"dataset {spec.source!r} could not be tokenized: {reason}") from exc
 
 

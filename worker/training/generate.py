@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 
 from runspec.inference import GenerationSettings, Prompt
 from worker.training.data import format_prompt
-from worker.training.errors import TrainingError
+from worker.training.errors import TrainingError, first_line
 from worker.training.resources import has_cuda
 from worker.training.run import check_model_source, load_tokenizer, model_load_error
 
@@ -159,7 +159,7 @@ def load_model(source: ModelSource) -> LoadedModel:
         try:
             model = PeftModel.from_pretrained(model, source.adapter_dir)
         except Exception as exc:
-            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500]
+            reason = first_line(exc)
             raise TrainingError(f"could not load the adapter in {source.adapter_dir!r}: {reason}") from exc
     device = "cuda" if has_cuda() else "cpu"
     if not quantized:
@@ -177,7 +177,7 @@ def _load_tokenizer(source: str) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as exc:
-        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500]
+        reason = first_line(exc)
         raise TrainingError(f"could not load the tokenizer saved in {source!r}: {reason}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -205,7 +205,7 @@ def prompt_text(prompt: Prompt, tokenizer: Any, template: Template = "course") -
                 )
             )
         except Exception as exc:
-            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+            reason = first_line(exc, 300)
             raise TrainingError(f"the tokenizer's chat template could not render the prompt: {reason}") from exc
     return format_prompt(prompt.instruction, prompt.input)
 
@@ -294,7 +294,7 @@ def merge_adapter(base_model: str, adapter_dir: str | Path, out_dir: Path) -> Me
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     except Exception as exc:
-        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500]
+        reason = first_line(exc)
         raise TrainingError(f"could not load the adapter in {str(adapter_dir)!r}: {reason}") from exc
     config = peft_model.active_peft_config
     kind = getattr(config.peft_type, "value", config.peft_type)
@@ -306,7 +306,7 @@ def merge_adapter(base_model: str, adapter_dir: str | Path, out_dir: Path) -> Me
     try:
         merged = peft_model.merge_and_unload()
     except Exception as exc:
-        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500]
+        reason = first_line(exc)
         raise TrainingError(f"peft could not merge this {kind} adapter: {reason}") from exc
     if isinstance(saved_dtype, torch.dtype) and saved_dtype != torch.float32:
         merged.to(saved_dtype)

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from worker.training.modes import evaluating
+
 PROBE_FILE = "probe.safetensors"
 PROBE_TEXT = "Human: Translate to English: 苹果\n\nAssistant: "
 
@@ -19,13 +21,8 @@ def record_probe(model: Any, tokenizer: Any, run_dir: Path, *, write: bool = Tru
     """`write=False`: run the forward only (a process of a sharded multi-GPU run that is not rank 0)."""
     input_ids = tokenizer(PROBE_TEXT, add_special_tokens=False, return_tensors="pt")["input_ids"]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model(input_ids=input_ids.to(device)).logits.float().cpu()
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        logits = model(input_ids=input_ids.to(device)).logits.float().cpu()
     path = run_dir / PROBE_FILE
     if not write:
         return path

@@ -29,7 +29,7 @@ from worker.training.checkpoints import CheckpointMarkerCallback
 from worker.training.data import prepare_dataset, split_eval
 from worker.training.distributed import check_processes, describe, is_main_process, trainer_arguments, uses_fsdp
 from worker.training.environment import report_to, run_environment
-from worker.training.errors import TrainingError
+from worker.training.errors import TrainingError, first_line
 from worker.training.evaluate import report_generation_metrics
 from worker.training.formats import drop_unlearned
 from worker.training.memory import MemoryProbe, estimate_at_start
@@ -358,7 +358,7 @@ def check_model_source(source: str) -> ResolvedSource:
 
 
 def model_load_error(source: str, exc: BaseException) -> str:
-    reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:500].rstrip(" .:")
+    reason = first_line(exc).rstrip(" .:")
     if "trust_remote_code" in str(exc) or "custom code" in str(exc):
         return (
             f"model {source!r} needs its own code to load, which tunedeck does not run. Use a model whose "
