@@ -1,6 +1,4 @@
-"""tunedeck: the web dashboard, REST API, services and database layer.
+"""tunedeck's web process: the dashboard, the REST API and the services behind them.
 
-The web process never imports torch: training lives in `worker/`, the shared run spec in `runspec/`.
+It never imports torch: training lives in `worker/`, what crosses to it in `tunedeck_jobs/`.
 """
-
-__version__ = "0.1.0"

@@ -34,11 +34,11 @@ BATCH_ROWS = 20_000
 def seed(data_dir: Path, runs: int, steps: int) -> tuple[list[int], float, int]:
     """Create the runs and their metrics; returns (run ids, seconds spent writing metrics, rows)."""
     os.environ["TUNEDECK_DATA_DIR"] = str(data_dir)
-    from app.db import get_engine, get_sessionmaker, session_scope
-    from app.migrate import upgrade_database
-    from app.models import Run
-    from app.services.runs import upsert_metrics
-    from app.settings import get_settings
+    from tunedeck_state.db import get_engine, get_sessionmaker, session_scope
+    from tunedeck_state.migrate import upgrade_database
+    from tunedeck_state.models import Run
+    from tunedeck_state.runs import upsert_metrics
+    from tunedeck_state.settings import get_settings
 
     for cached in (get_settings, get_engine, get_sessionmaker):  # another benchmark may have run in this process
         cached.cache_clear()
@@ -106,7 +106,7 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env["TUNEDECK_DATA_DIR"] = str(data_dir)
     log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(port)],
+        [sys.executable, "-m", "tunedeck_cli.main", "serve", "--no-worker", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=log,

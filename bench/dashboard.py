@@ -72,9 +72,9 @@ def live_latency(base_url: str, samples: int) -> tuple[list[float], float]:
 
     from playwright.sync_api import sync_playwright
 
-    from app.settings import get_settings
-    from app.settings_checks import heartbeat_interval
     from bench.ingest import new_running_run
+    from tunedeck_state.settings import get_settings
+    from tunedeck_state.settings_checks import heartbeat_interval
     from worker.reporting import DatabaseReporter
 
     flush = heartbeat_interval(get_settings())
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     sys.path.insert(0, str(ROOT))
     from bench.compare_api import time_api, time_page
     from bench.fixture import seed
-    from tests.stack import Stack, stack_env
+    from harness.stack import Stack, stack_env
 
     data_dir = Path(tempfile.mkdtemp(prefix="tunedeck-bench-dashboard-"))
     results: dict[str, Any] = {}
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     finally:
         if stack is not None:
             stack.stop()
-        from app.db import get_engine
+        from tunedeck_state.db import get_engine
 
         get_engine().dispose()
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -118,9 +118,9 @@ def seed(runs: int = 10_000, compared: int = 50, steps: int = 10_000) -> Seeded:
     """Fill the database the process points at (bench.report.use_database). The compared runs come last."""
     from sqlalchemy import insert
 
-    from app.db import session_scope
-    from app.models import Run, RunEvent, utcnow
-    from app.services.runs import upsert_metrics
+    from tunedeck_state.db import session_scope
+    from tunedeck_state.models import Run, RunEvent, utcnow
+    from tunedeck_state.runs import upsert_metrics
 
     rng = random.Random(8)
     now = utcnow()

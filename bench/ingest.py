@@ -85,9 +85,9 @@ class Result:
 
 
 def new_running_run() -> int:
-    from app.db import session_scope
-    from app.models import Run, RunStatus, utcnow
     from runspec import RunSpec
+    from tunedeck_state.db import session_scope
+    from tunedeck_state.models import Run, RunStatus, utcnow
 
     spec = RunSpec.model_validate({"name": "live", "model": "bench/model", "training": {"max_steps": 1000}})
     with session_scope() as session:
@@ -128,8 +128,8 @@ def check_stored(run_id: int, last_step: int) -> tuple[int, bool, bool]:
     """(rows stored for the run, every key's value sum as logged, latest_metrics at the last step)."""
     from sqlalchemy import func, select
 
-    from app.db import session_scope
-    from app.models import Metric, Run
+    from tunedeck_state.db import session_scope
+    from tunedeck_state.models import Metric, Run
 
     with session_scope() as session:
         rows = session.execute(
@@ -151,9 +151,9 @@ def run_backend(backend: str, database_url: str | None, seconds: float, burst: i
     from bench.report import ROOT
 
     sys.path.insert(0, str(ROOT))
-    from app.settings import get_settings
-    from app.settings_checks import heartbeat_interval
-    from tests.stack import Stack, stack_env
+    from harness.stack import Stack, stack_env
+    from tunedeck_state.settings import get_settings
+    from tunedeck_state.settings_checks import heartbeat_interval
     from worker.reporting import DatabaseReporter
 
     with tempfile.TemporaryDirectory(prefix="tunedeck-bench-ingest-") as scratch:
@@ -200,7 +200,7 @@ def run_backend(backend: str, database_url: str | None, seconds: float, burst: i
             result.stored, result.value_sum_ok, result.latest_ok = check_stored(run_id, last_step)
         finally:
             stack.stop()
-            from app.db import get_engine
+            from tunedeck_state.db import get_engine
 
             get_engine().dispose()
     return result

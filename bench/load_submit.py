@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from tests.stack import Stack, stack_env
+    from harness.stack import Stack, stack_env
     from worker.training.demo_assets import prepare_demo_assets
 
     assets = prepare_demo_assets(

@@ -147,9 +147,9 @@ def scratch_postgres() -> Iterator[str]:
 
 def use_database(data_dir: Path, database_url: str | None = None) -> None:
     """Point this process's Settings, engine and sessions at `data_dir` (and `database_url`), migrated to head."""
-    from app.db import get_engine, get_sessionmaker
-    from app.migrate import upgrade_database
-    from app.settings import get_settings
+    from tunedeck_state.db import get_engine, get_sessionmaker
+    from tunedeck_state.migrate import upgrade_database
+    from tunedeck_state.settings import get_settings
 
     if get_engine.cache_info().currsize:
         get_engine().dispose()

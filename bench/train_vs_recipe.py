@@ -632,16 +632,16 @@ class ScratchDatabase:
     """A scratch data directory with a migrated SQLite database, as `tunedeck serve` makes one."""
 
     def __init__(self, data_dir: Path) -> None:
-        from app.settings import get_settings
-        from app.settings_checks import heartbeat_interval
         from bench.report import use_database
+        from tunedeck_state.settings import get_settings
+        from tunedeck_state.settings_checks import heartbeat_interval
 
         use_database(data_dir)
         self.flush_seconds = heartbeat_interval(get_settings())
 
     def new_run(self, spec: Any) -> int:
-        from app.db import session_scope
-        from app.models import Run, utcnow
+        from tunedeck_state.db import session_scope
+        from tunedeck_state.models import Run, utcnow
 
         with session_scope() as session:
             run = Run(
@@ -662,15 +662,15 @@ class ScratchDatabase:
     def metrics(self, run_id: int, key: str) -> list[Any]:
         from sqlalchemy import select
 
-        from app.db import session_scope
-        from app.models import Metric
+        from tunedeck_state.db import session_scope
+        from tunedeck_state.models import Metric
 
         with session_scope() as session:
             return list(session.scalars(select(Metric.step).where(Metric.run_id == run_id, Metric.key == key)))
 
     def details(self, run_id: int) -> dict[str, Any]:
-        from app.db import session_scope
-        from app.models import Run
+        from tunedeck_state.db import session_scope
+        from tunedeck_state.models import Run
 
         with session_scope() as session:
             run = session.get(Run, run_id)

@@ -3,8 +3,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from app.db import get_engine
-from app.models import Base
+from tunedeck_state.db import get_engine
+from tunedeck_state.models import Base
 
 target_metadata = Base.metadata
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack import ROOT, Stack, stack_env
+from harness.stack import ROOT, Stack, stack_env
 
 ASSETS_ROOT = ROOT / ".cache" / "test-assets"
 REQUIRE_SERVICES = os.environ.get("TUNEDECK_REQUIRE_SERVICES") == "1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 HUGE = "99999999999999999999"
 

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.stack import ROOT, Stack
 from tests.conftest import tiny_spec
-from tests.stack import ROOT, Stack
 
 pytestmark = pytest.mark.security
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from harness.stack import Stack
 from tests.conftest import tiny_spec
 from tests.html import wait_for_running
-from tests.stack import Stack
 
 # The browser first: without chromium the tests skip (or fail when required) before a stack is started.
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("chromium_browser")]

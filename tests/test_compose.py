@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from app.settings import Settings
-from tests.stack import ROOT
+from harness.stack import ROOT
+from tunedeck_state.settings import Settings
 
 
 def _compose() -> dict[str, Any]:

@@ -27,8 +27,8 @@ CHAT_TEMPLATE = (
 @pytest.fixture(scope="module", autouse=True)
 def _tmp_is_a_data_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Training code reads local files only inside the data roots: let these tests' temporary files in."""
+    from harness.stack import ROOT
     from runspec.sources import SourcePolicy
-    from tests.stack import ROOT
     from worker.training import sources
 
     previous = sources._policy

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.stack import ROOT, Stack
 from tests.conftest import tiny_spec
-from tests.stack import ROOT, Stack
 from tests.test_dataset_formats import CHAT_TEMPLATE
 
 HISTORY_ROWS = [
@@ -268,7 +268,7 @@ def test_each_format_trains_through_the_worker(sqlite_stack: Stack, tiny_assets:
 
 def _tunedeck_wait(stack: Stack, run_ids: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "wait", *run_ids, "--url", stack.base_url, "--poll", "0.5"],
+        [sys.executable, "-m", "tunedeck_cli.main", "wait", *run_ids, "--url", stack.base_url, "--poll", "0.5"],
         cwd=ROOT,
         env={**stack.env, "COLUMNS": "160"},
         capture_output=True,

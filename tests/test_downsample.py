@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.orm import Session
 
-from app.models import Base, Metric, Run
 from app.services import compare as compare_service
 from app.services.downsample import align, downsample, minmax_buckets, nice_width
 from app.services.spec_paths import apply_changes, differing_paths, flatten
 from tests.conftest import POSTGRES_ADMIN_URL, _services_unavailable
+from tunedeck_state.models import Base, Metric, Run
 
 
 def _noisy(n: int, seed: int = 0) -> tuple[list[float], list[float]]:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from transformers import AutoConfig
 
+from harness.stack import ROOT, Stack
 from runspec import METHODS, RunSpec
 from runspec.estimate import (
     GIB,
@@ -32,7 +33,6 @@ from runspec.estimate import (
 )
 from tests.conftest import tiny_spec
 from tests.html import fragment_root, parse
-from tests.stack import ROOT, Stack
 from worker.training.errors import TrainingError
 from worker.training.memory import memory_profile
 from worker.training.run import train

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.stack import ROOT, Stack
 from tests.conftest import tiny_spec
 from tests.hub_standin import HubStandIn
-from tests.stack import ROOT, Stack
 
 TRAINING = {"max_steps": 5, "eval_steps": 5, "eval_generation_samples": 0, "batch_size": 8, "max_length": 96}
 HUB_TOKEN = "hf_standin_secret_token_0123456789"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.stack import ROOT
+from harness.stack import ROOT
 
 SCRIPT = textwrap.dedent(
     """

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from harness.stack import Stack
 from tests.conftest import tiny_spec
-from tests.stack import Stack
 
 PROMPTS = [
     {"instruction": "Sort the numbers in ascending order.", "input": "17, 96, 12, 79, 32"},

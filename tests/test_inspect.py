@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 
 def test_inspect_counts_parameters_and_lists_modules(sqlite_stack: Stack, tiny_assets: Any) -> None:

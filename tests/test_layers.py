@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.stack import ROOT
+from harness.stack import ROOT
 
 ML_MODULES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate")
 
@@ -15,7 +15,7 @@ def test_web_app_and_services_import_no_ml_stack() -> None:
         "import sys\n"
         "from app.web.app import create_app\n"
         "create_app()\n"
-        "import app.services.runs, app.services.dispatch, app.cli, worker.celery_app, runspec\n"
+        "import tunedeck_state.runs, app.services.submit, tunedeck_cli.main, tunedeck_jobs.celery_app, runspec\n"
         f"print([m for m in {ML_MODULES!r} if m in sys.modules])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -23,7 +23,7 @@ from bench.load_submit import (
     wait_for_service_worker,
     wait_until_final,
 )
-from tests.stack import Stack, stack_env
+from harness.stack import Stack, stack_env
 
 pytestmark = [pytest.mark.load, pytest.mark.slow]
 

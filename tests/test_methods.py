@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.stack import Stack
 from runspec import METHODS, RunSpec
 from tests.conftest import tiny_spec
 from tests.html import control_value, controls, field_error, fragment_root, parse
@@ -31,7 +32,6 @@ from tests.method_matrix import (
     check_reload_gives_same_logits,
     run_in_process,
 )
-from tests.stack import Stack
 
 ARCH_FIXTURES = {"bloom": "tiny_assets", "llama": "tiny_llama", "gpt2": "tiny_gpt2"}
 BOTH = ("bloom", "llama")

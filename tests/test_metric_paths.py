@@ -14,16 +14,16 @@ import httpx
 import pytest
 from sqlalchemy import event, func, select, text
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 KEYS = ("loss", "learning_rate", "tokens_per_second", "memory_bytes")
 
 
 def _point_database(data_dir: Path, database_url: str | None) -> None:
     """Point this process's settings, engine and sessions at a database, migrated to head."""
-    from app.db import get_engine, get_sessionmaker
-    from app.migrate import upgrade_database
-    from app.settings import get_settings
+    from tunedeck_state.db import get_engine, get_sessionmaker
+    from tunedeck_state.migrate import upgrade_database
+    from tunedeck_state.settings import get_settings
 
     if get_engine.cache_info().currsize:
         get_engine().dispose()
@@ -68,8 +68,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         try:
             yield request.param
         finally:
-            from app.db import get_engine, get_sessionmaker
-            from app.settings import get_settings
+            from tunedeck_state.db import get_engine, get_sessionmaker
+            from tunedeck_state.settings import get_settings
 
             get_engine().dispose()
             for key, value in saved.items():
@@ -82,8 +82,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def _running_run(name: str = "r") -> int:
-    from app.db import session_scope
-    from app.models import Run, RunStatus, utcnow
+    from tunedeck_state.db import session_scope
+    from tunedeck_state.models import Run, RunStatus, utcnow
 
     with session_scope() as session:
         run = Run(
@@ -106,8 +106,8 @@ def _running_run(name: str = "r") -> int:
 def test_reporter_stores_every_point_once_and_a_resumed_attempt_overwrites(database: str) -> None:
     """Points logged through the worker's reporter, over several flushes, then steps logged again (as a resumed
     attempt does after its checkpoint) with new values: each (key, step) is stored once, with the last value."""
-    from app.db import session_scope
-    from app.models import Metric, Run
+    from tunedeck_state.db import session_scope
+    from tunedeck_state.models import Metric, Run
     from worker.reporting import DatabaseReporter
 
     run_id = _running_run()
@@ -148,10 +148,10 @@ def test_reporter_stores_every_point_once_and_a_resumed_attempt_overwrites(datab
 
 
 def test_run_lists_page_sort_and_search_without_reading_metrics(database: str) -> None:
-    from app.db import session_scope
-    from app.models import Run
-    from app.services import runs as run_service
-    from app.services.runs import upsert_metrics
+    from tunedeck_state import runs as run_service
+    from tunedeck_state.db import session_scope
+    from tunedeck_state.models import Run
+    from tunedeck_state.runs import upsert_metrics
 
     with session_scope() as session:
         for i in range(30):
@@ -178,7 +178,7 @@ def test_run_lists_page_sort_and_search_without_reading_metrics(database: str) -
     def capture(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement.lower())
 
-    from app.db import get_engine
+    from tunedeck_state.db import get_engine
 
     event.listen(get_engine(), "before_cursor_execute", capture)
     try:
@@ -233,7 +233,7 @@ def test_run_lists_page_sort_and_search_without_reading_metrics(database: str) -
 
 def _migrator(engine: Any) -> Any:
     """migrate(command.upgrade | command.downgrade, revision) on `engine`, in a transaction."""
-    from app.migrate import alembic_config
+    from tunedeck_state.migrate import alembic_config
 
     config = alembic_config()
 
@@ -267,7 +267,7 @@ def test_metrics_migration_keeps_every_point(tmp_path: Path) -> None:
     intact (SQLite)."""
     from alembic import command
 
-    from app.db import make_engine
+    from tunedeck_state.db import make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'migrate.sqlite'}")
     migrate = _migrator(engine)
@@ -297,7 +297,7 @@ def test_postgres_metrics_lose_their_foreign_key_and_get_it_back(tmp_path: Path)
     """0006 on PostgreSQL: the per-row foreign-key trigger goes (the write path's main cost), points stay."""
     from alembic import command
 
-    from app.db import make_engine
+    from tunedeck_state.db import make_engine
 
     with _scratch_postgres() as url:
         engine = make_engine(url)

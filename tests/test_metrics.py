@@ -6,7 +6,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 
 def _families(stack: Stack) -> dict:

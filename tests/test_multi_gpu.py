@@ -23,10 +23,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.services import placement as p
+from harness.stack import ROOT, Stack, stack_env
 from runspec import PlacementSpec, RunSpec
 from tests.conftest import tiny_spec
-from tests.stack import ROOT, Stack, stack_env
+from tunedeck_jobs import placement as p
 
 GIB = 2**30
 #: Each training step of the multi-GPU worker sleeps this long (in every process), so a cancel lands mid-run.
@@ -144,7 +144,7 @@ def test_a_training_process_checks_it_runs_as_the_spec_asks(monkeypatch: pytest.
 def test_a_multi_gpu_worker_needs_two_gpus(tmp_path: Path) -> None:
     env = stack_env(tmp_path, TUNEDECK_WORKER_FAKE_GPU_MEMORY_GIB="1")  # one fake GPU
     answer = subprocess.run(
-        [sys.executable, "-m", "app.cli", "worker", "--queues", "training", "--multi-gpu"],
+        [sys.executable, "-m", "tunedeck_cli.main", "worker", "--queues", "training", "--multi-gpu"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from app.web.formatting import human_count, human_duration, number
+from harness.stack import FINAL_STATUSES, Stack
 from runspec import METHODS, DatasetSpec, TrainingSpec
 from runspec.spec import DEFAULT_DATASET, DEFAULT_MODEL
 from tests.conftest import tiny_spec
@@ -25,7 +26,6 @@ from tests.html import (
     wait_for_running,
     wait_until_idle,
 )
-from tests.stack import FINAL_STATUSES, Stack
 
 HX = {"HX-Request": "true"}
 FINISHED_STEPS = 10

@@ -1,4 +1,4 @@
-"""Placement decisions (app/services/placement.py): which queue a run goes to for the live workers' capacities.
+"""Placement decisions (tunedeck_jobs/placement.py): which queue a run goes to for the live workers' capacities.
 
 Pure functions; tests/test_scale_out.py checks the same rules with real workers, Redis and PostgreSQL."""
 
@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from app.models import Base, Run
-from app.services import placement as p
-from app.services import workers
 from runspec import PlacementSpec, RunSpec
+from tunedeck_jobs import placement as p
+from tunedeck_state import workers
+from tunedeck_state.models import Base, Run
 
 GIB = 2**30
 

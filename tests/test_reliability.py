@@ -22,8 +22,8 @@ import httpx
 import psutil
 import pytest
 
+from harness.stack import ROOT, Stack, free_port, stack_env
 from tests.conftest import POSTGRES_ADMIN_URL, _services_unavailable, tiny_spec
-from tests.stack import ROOT, Stack, free_port, stack_env
 
 pytestmark = [pytest.mark.reliability, pytest.mark.services]
 
@@ -266,7 +266,13 @@ def test_bad_worker_settings_are_refused_at_start(
     tmp_path: Path, command: str, env: dict[str, str], named: list[str]
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", command, *(["--port", str(free_port())] if command == "serve" else [])],
+        [
+            sys.executable,
+            "-m",
+            "tunedeck_cli.main",
+            command,
+            *(["--port", str(free_port())] if command == "serve" else []),
+        ],
         cwd=ROOT,
         env=stack_env(tmp_path, **env),
         capture_output=True,

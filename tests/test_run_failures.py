@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from harness.stack import Stack
 from tests.conftest import tiny_spec
 from tests.html import control_value, controls, field_error, fragment_root, parse, wait_for_running
-from tests.stack import Stack
 
 HX = {"HX-Request": "true"}
 

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app.models import Run, utcnow
-from app.services import lifecycle
-from app.services import runs as run_service
 from runspec import RunSpec
+from tunedeck_state import lifecycle
+from tunedeck_state import runs as run_service
+from tunedeck_state.models import Run, utcnow
 
 pytestmark = pytest.mark.reliability
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.reliability
 def session(tmp_path: Path) -> Iterator[Session]:
     from alembic import command
 
-    from app.db import make_engine
-    from app.migrate import alembic_config
+    from tunedeck_state.db import make_engine
+    from tunedeck_state.migrate import alembic_config
 
     engine = make_engine(f"sqlite:///{tmp_path / 'lifecycle.sqlite'}")
     config = alembic_config()

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.stack import Stack, stack_env
 from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, _services_unavailable, tiny_spec
-from tests.stack import Stack, stack_env
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(420)]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack import Stack, stack_env
+from harness.stack import Stack, stack_env
 
 pytestmark = pytest.mark.security
 

@@ -27,9 +27,9 @@ from app.web.security import (
     is_loopback,
     safe_next,
 )
+from harness.stack import ROOT, Stack, free_port, stack_env
 from runspec.sources import SourcePolicy, SourceRefused, parse_remote_code_allowlist
 from tests.conftest import tiny_spec
-from tests.stack import ROOT, Stack, free_port, stack_env
 
 pytestmark = pytest.mark.security
 
@@ -117,7 +117,7 @@ def test_bind_refusal_rules() -> None:
 def test_serve_refuses_public_address_without_a_token(tmp_path: Path, args: list[str], env: dict[str, str]) -> None:
     port = free_port()
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(port), *args],
+        [sys.executable, "-m", "tunedeck_cli.main", "serve", "--no-worker", "--port", str(port), *args],
         cwd=ROOT,
         env={**stack_env(tmp_path), **env},
         capture_output=True,
@@ -401,7 +401,7 @@ def test_worker_refuses_custom_code_itself(tiny_assets: Any, tmp_path: Path) -> 
 
 
 def test_remote_code_only_for_allow_listed_hub_ids_at_a_pinned_commit() -> None:
-    from app.settings import Settings
+    from tunedeck_state.settings import Settings
     from worker.training.sources import model_load_kwargs
 
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -502,8 +502,8 @@ def test_hub_ids_and_local_paths_are_told_apart(tmp_path: Path) -> None:
 
 
 def test_safe_join_and_run_artifacts_stay_inside(tmp_path: Path, outside_dir: Path) -> None:
-    from app.services.paths import PathOutside, run_artifact, run_dir, safe_join
-    from app.settings import Settings
+    from tunedeck_state.paths import PathOutside, run_artifact, run_dir, safe_join
+    from tunedeck_state.settings import Settings
 
     settings = Settings(data_dir=tmp_path)
     folder = run_dir(settings, 7)
@@ -531,7 +531,7 @@ def _zip_with(path: Path, name: str, data: bytes = b"x", symlink: bool = False) 
 
 
 def test_zip_extraction_refuses_links_and_escapes(tmp_path: Path) -> None:
-    from app.services.paths import PathOutside, extract_zip
+    from tunedeck_state.paths import PathOutside, extract_zip
 
     cases = {
         "symlink": _zip_with(tmp_path / "link.zip", "data.jsonl", b"/etc/passwd", symlink=True),

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from harness.stack import FINAL_STATUSES, ROOT, Stack
 from tests.conftest import tiny_spec
-from tests.stack import FINAL_STATUSES, ROOT, Stack
 
 RANKS = [1, 2, 4, 8]
 HIDDEN, LAYERS = 64, 2  # the tiny Bloom of tests/conftest.py
@@ -61,7 +61,18 @@ def finished_sweep(sqlite_stack: Stack, sweep_body: dict[str, Any], tmp_path_fac
     path.write_text(yaml.safe_dump(sweep_body, allow_unicode=True))
     env = {k: v for k, v in sqlite_stack.env.items() if not k.startswith("TUNEDECK_")}
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "sweep", str(path), "--wait", "--poll", "1", "--url", sqlite_stack.base_url],
+        [
+            sys.executable,
+            "-m",
+            "tunedeck_cli.main",
+            "sweep",
+            str(path),
+            "--wait",
+            "--poll",
+            "1",
+            "--url",
+            sqlite_stack.base_url,
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -323,7 +334,8 @@ def test_sweep_pages_render(sqlite_stack: Stack, finished_sweep: Any) -> None:
 
 def test_cli_and_client_import_no_ml_stack() -> None:
     code = (
-        "import sys\nimport app.cli, app.client, app.sweep_cli, app.services.compare, app.services.sweeps\n"
+        "import sys\nimport tunedeck_cli.main, tunedeck_cli.client, tunedeck_cli.sweep\n"
+        "import app.services.compare, app.services.sweeps\n"
         "print([m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -334,7 +346,7 @@ def test_bad_sweep_file_is_refused_clearly(tmp_path: Path) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text("- just\n- a list\n")
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "sweep", str(path), "--url", "http://127.0.0.1:9"],
+        [sys.executable, "-m", "tunedeck_cli.main", "sweep", str(path), "--url", "http://127.0.0.1:9"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from harness.stack import Stack
 from tests.conftest import tiny_spec
-from tests.stack import Stack
 
 
 def _bloom_lora_params(hidden: int, layers: int, r: int) -> int:

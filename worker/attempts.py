@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from app.settings import Settings
+from tunedeck_state.settings import Settings
 from worker.training.checkpoints import checkpoints_dir, discard_checkpoints_after, last_complete_checkpoint
 from worker.training.faults import MemoryLimitCallback, StepDelayCallback
 

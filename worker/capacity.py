@@ -1,6 +1,6 @@
 """What a worker declares about itself: its GPUs (NVML, else nvidia-smi), or its CPU cores and RAM, the versions of
 its ML stack, and the GPU memory it offers one run (its capacity, which decides the memory-class queues it consumes:
-app/services/placement.py).
+tunedeck_jobs/placement.py).
 
 Asked in the worker's main process without torch, so CUDA is never initialised before the pool forks. Each pool
 process is then pinned to one GPU with CUDA_VISIBLE_DEVICES (`pin_process`).
@@ -106,7 +106,7 @@ def visible_indices() -> list[int] | None:
 
 def detect_gpus() -> list[dict[str, Any]]:
     """The GPUs this worker may use (NVML, else nvidia-smi; limited to CUDA_VISIBLE_DEVICES), or a fake one."""
-    from app.settings import get_settings
+    from tunedeck_state.settings import get_settings
 
     settings = get_settings()
     fake = settings.worker_fake_gpu_memory_gib
@@ -201,7 +201,7 @@ class MultiGpuRefused(ValueError):
 def declare(name: str, *, training: bool, runs_per_gpu: int, multi_gpu: bool = False) -> Declared:
     """What this worker offers. `multi_gpu`: one run at a time on all its GPUs (needs two or more; raises
     MultiGpuRefused otherwise)."""
-    from app.services.placement import training_queues
+    from tunedeck_jobs.placement import training_queues
 
     global DECLARED
     gpus = detect_gpus() if training else []
@@ -227,8 +227,8 @@ def host() -> str:
 
 def heartbeat_details(declared: Declared | None, queues: list[str], concurrency: int | None) -> dict[str, Any]:
     """The `details` of a worker's heartbeat row: what the Workers page and GET /api/workers show."""
-    from app.services.storage import read_storage_id
-    from app.settings import get_settings
+    from tunedeck_state.settings import get_settings
+    from tunedeck_state.storage import read_storage_id
 
     gpus = detect_gpus()
     return {

@@ -10,11 +10,10 @@ from typing import Any
 
 from celery.signals import task_postrun
 
-from worker.celery_app import SERVICE_TASK_PREFIX, TRAIN_TASK, celery_app
+from tunedeck_jobs.celery_app import celery_app
+from tunedeck_jobs.names import INSPECT_DATASET_TASK, PREVIEW_DATASET_TASK, TRAIN_TASK
 from worker.training.errors import TrainingError
 
-INSPECT_DATASET_TASK = f"{SERVICE_TASK_PREFIX}inspect_dataset"
-PREVIEW_DATASET_TASK = f"{SERVICE_TASK_PREFIX}preview_dataset"
 log = logging.getLogger(__name__)
 
 
@@ -48,14 +47,14 @@ def _register_trained_dataset(task: Any = None, args: Any = None, **_: Any) -> N
     if getattr(task, "name", None) != TRAIN_TASK or not args:
         return
     try:
-        from app.db import session_scope
-        from app.models import RunStatus
-        from app.services import datasets as dataset_service
-        from app.services import runs as run_service
+        from tunedeck_state import dataset_registry
+        from tunedeck_state import runs as run_service
+        from tunedeck_state.db import session_scope
+        from tunedeck_state.models import RunStatus
 
         with session_scope() as session:
             run = run_service.get_run(session, int(args[0]))
             if run.status == RunStatus.succeeded:
-                dataset_service.register_from_run(session, run)
+                dataset_registry.register_from_run(session, run)
     except Exception:  # registering is a convenience: never let it disturb the worker
         log.exception("could not register the dataset of run %s", args[0])

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from app.db import session_scope
-from app.services import runs as run_service
-from app.settings import get_settings
-from app.settings_checks import heartbeat_interval
 from runspec import RunSpec
+from tunedeck_state import runs as run_service
+from tunedeck_state.db import session_scope
+from tunedeck_state.settings import get_settings
+from tunedeck_state.settings_checks import heartbeat_interval
 from worker.attempts import fault_callbacks
 from worker.distributed_launch import result_path, result_payload, write_result
 from worker.reporting import DatabaseReporter

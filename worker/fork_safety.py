@@ -9,7 +9,7 @@ run stays `queued` and the worker takes nothing else (seen under load: a pool pr
 
 `GUARD` is held around every SQLite use of those threads, and `os.register_at_fork` makes the forking thread take
 it first, so a child always starts with SQLite idle. `install()` runs in the worker's main process before its
-pool starts (the `worker_init` signal, see worker/celery_app.py).
+pool starts (the `worker_init` signal, see tunedeck_jobs/celery_app.py).
 """
 
 from __future__ import annotations

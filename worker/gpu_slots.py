@@ -20,11 +20,11 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import session_scope
-from app.models import Run, RunStatus
-from app.services import runs as run_service
-from app.services.placement import need_bytes
-from app.settings import get_settings
+from tunedeck_jobs.placement import need_bytes
+from tunedeck_state import runs as run_service
+from tunedeck_state.db import session_scope
+from tunedeck_state.models import Run, RunStatus
+from tunedeck_state.settings import get_settings
 from worker import capacity
 
 log = logging.getLogger(__name__)

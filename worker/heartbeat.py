@@ -25,8 +25,8 @@ def gpu_memory() -> list[dict[str, Any]]:
 
 
 def _beat_once(name: str, queues: str, all_queues: list[str], concurrency: int | None) -> None:
-    from app.db import session_scope
-    from app.services import workers as worker_service
+    from tunedeck_state import workers as worker_service
+    from tunedeck_state.db import session_scope
 
     declared = capacity.DECLARED if capacity.DECLARED is not None and capacity.DECLARED.name == name else None
     details = capacity.heartbeat_details(declared, all_queues, concurrency)
@@ -63,8 +63,8 @@ def _loop(
 
 @worker_ready.connect
 def _start(sender: Any = None, **_: Any) -> None:
-    from app.settings import get_settings
-    from worker.celery_app import QUEUES
+    from tunedeck_jobs.names import QUEUES
+    from tunedeck_state.settings import get_settings
 
     name = str(getattr(sender, "hostname", None) or f"worker@{os.uname().nodename}")
     try:
@@ -95,8 +95,8 @@ def _stop(**_: Any) -> None:
         return
     stop.set()
     try:
-        from app.db import session_scope
-        from app.services import workers as worker_service
+        from tunedeck_state import workers as worker_service
+        from tunedeck_state.db import session_scope
 
         with session_scope() as session:
             worker_service.forget(session, _state["name"], os.getpid())

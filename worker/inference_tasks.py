@@ -9,18 +9,19 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from app.db import session_scope
-from app.services import inference as inference_service
-from app.services import runs as run_service
-from app.settings import get_settings
 from runspec.inference import GenerationSettings, Prompt, Variant
-from worker.celery_app import celery_app
+from tunedeck_jobs.celery_app import celery_app
+from tunedeck_jobs.names import GENERATE_TASK, MERGE_TASK
+from tunedeck_state import merges
+from tunedeck_state import runs as run_service
+from tunedeck_state.db import session_scope
+from tunedeck_state.settings import get_settings
 from worker.training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
 
-@celery_app.task(name=inference_service.GENERATE_TASK, ignore_result=False)
+@celery_app.task(name=GENERATE_TASK, ignore_result=False)
 def generate_task(run_id: int, variant: Variant, prompts: list[dict[str, Any]], settings: dict[str, Any]) -> dict:
     """Completions for the prompts from the run's model; {"ok": false, "error": ...} when it cannot answer."""
     import time
@@ -32,7 +33,7 @@ def generate_task(run_id: int, variant: Variant, prompts: list[dict[str, Any]], 
 
     try:
         with session_scope() as session:
-            source = inference_service.generation_source(run_service.get_run(session, run_id), variant)
+            source = merges.generation_source(run_service.get_run(session, run_id), variant)
         parsed_prompts = [Prompt.model_validate(p) for p in prompts]
         parsed_settings = GenerationSettings.model_validate(settings)
         load_kwargs: dict[str, Any] = {}
@@ -53,7 +54,7 @@ def generate_task(run_id: int, variant: Variant, prompts: list[dict[str, Any]], 
         completions = generate(loaded, parsed_prompts, parsed_settings, source.template)  # type: ignore[arg-type]
     except run_service.RunNotFound:
         return {"ok": False, "error": f"run {run_id} does not exist"}
-    except (inference_service.NotReady, TrainingError) as exc:
+    except (merges.NotReady, TrainingError) as exc:
         return {"ok": False, "error": str(exc)}
     return {
         "ok": True,
@@ -69,18 +70,18 @@ def generate_task(run_id: int, variant: Variant, prompts: list[dict[str, Any]], 
     }
 
 
-@celery_app.task(name=inference_service.MERGE_TASK, acks_late=True)
+@celery_app.task(name=MERGE_TASK, acks_late=True)
 def merge_task(run_id: int, attempt: int) -> None:
     """Merge the run's adapter into its base and save it to `<run dir>/merged`; the outcome goes to the run."""
     from worker.training.generate import merge_adapter
 
     with session_scope() as session:
-        run = inference_service.start_merge(session, run_id, attempt)
+        run = merges.start_merge(session, run_id, attempt)
         if run is None:
             log.info("merge %s of run %s is not queued any more; nothing to do", attempt, run_id)
             return
         base_model, adapter_dir = run.model, run.artifact_dir
-        out_dir = inference_service.merge_output_dir(run)
+        out_dir = merges.merge_output_dir(run)
     try:
         result = merge_adapter(base_model, str(adapter_dir), out_dir)
     except TrainingError as exc:
@@ -99,4 +100,4 @@ def merge_task(run_id: int, attempt: int) -> None:
             },
         }
     with session_scope() as session:
-        inference_service.finish_merge(session, run_id, attempt, **outcome)
+        merges.finish_merge(session, run_id, attempt, **outcome)

@@ -16,9 +16,9 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from app.db import session_scope
-from app.models import utcnow
-from app.services.runs import ProgressUpdate, record_progress
+from tunedeck_state.db import session_scope
+from tunedeck_state.models import utcnow
+from tunedeck_state.runs import ProgressUpdate, record_progress
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,18 @@ from typing import Any
 
 from celery import Task
 
-from app.db import session_scope
-from app.models import RunStatus
-from app.services import lifecycle
-from app.services import runs as run_service
-from app.settings import get_settings
-from app.settings_checks import heartbeat_interval
 from runspec import RunSpec
+from tunedeck_jobs import dispatch
+from tunedeck_jobs.celery_app import celery_app
+from tunedeck_jobs.names import CHECK_METHOD_TASK, INSPECT_MODEL_TASK, TRAIN_TASK
+from tunedeck_state import lifecycle
+from tunedeck_state import runs as run_service
+from tunedeck_state.db import session_scope
+from tunedeck_state.models import RunStatus
+from tunedeck_state.settings import get_settings
+from tunedeck_state.settings_checks import heartbeat_interval
 from worker import gpu_slots
 from worker.attempts import prepare_attempt
-from worker.celery_app import SERVICE_TASK_PREFIX, TRAIN_TASK, celery_app
 from worker.distributed_launch import DistributedFailure, train_distributed
 from worker.reporting import DatabaseReporter
 from worker.training.errors import TrainingError
@@ -95,10 +97,10 @@ def train_run(self: Task, run_id: int, attempt: int) -> None:
     with session_scope() as session:
         finished = run_service.finish_run(session, run_id, outcome, attempt=attempt)
         retry = lifecycle.retry_if_allowed(session, run_id, outcome.error or "") if finished and retryable else None
-    lifecycle.enqueue_attempts([retry] if retry else [])
+    dispatch.enqueue_attempts([retry] if retry else [])
 
 
-@celery_app.task(name=f"{SERVICE_TASK_PREFIX}inspect_model", ignore_result=False)
+@celery_app.task(name=INSPECT_MODEL_TASK, ignore_result=False)
 def inspect_model_task(model: str, method: dict[str, Any] | None = None) -> dict[str, Any]:
     """Config, module names and parameter counts of a model, without loading its weights."""
     from pydantic import TypeAdapter
@@ -113,7 +115,7 @@ def inspect_model_task(model: str, method: dict[str, Any] | None = None) -> dict
         return {"ok": False, "error": str(exc)}
 
 
-@celery_app.task(name=f"{SERVICE_TASK_PREFIX}check_method", ignore_result=False)
+@celery_app.task(name=CHECK_METHOD_TASK, ignore_result=False)
 def check_method_task(model: str, method: dict[str, Any], training: dict[str, Any] | None = None) -> dict[str, Any]:
     """Whether a method fits a model (module names, architecture), read on the meta device: {"ok": true,
     "checked": bool, "problems": {field: message}}. Unreadable models are "not checked", never refused here."""

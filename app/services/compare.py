@@ -29,10 +29,10 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Run
 from app.services.downsample import minmax_buckets, nice_width
 from app.services.spec_paths import differing_paths, flatten, format_value
 from runspec import RunSpec
+from tunedeck_state.models import Run
 
 MAX_RUNS = 200
 MAX_ID = 2**31 - 1

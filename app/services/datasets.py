@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Dataset, Run
-from runspec import DatasetSpec
+from tunedeck_state.dataset_registry import display_name
+from tunedeck_state.models import Dataset, Run
 
 UPLOAD_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 CHUNK = 1 << 20
@@ -53,13 +53,6 @@ def upload_suffix(filename: str | None) -> str:
             f"{', '.join(UPLOAD_SUFFIXES)} file"
         )
     return suffix
-
-
-def display_name(filename: str | None, fallback: str = "upload") -> str:
-    """The client's file name made safe for display (last path part, no control characters)."""
-    name = PurePosixPath((filename or "").replace("\\", "/")).name
-    name = "".join(ch for ch in name if ord(ch) >= 32 and ch not in "\x7f").strip()
-    return name[:200] or fallback
 
 
 def store_upload(stream: BinaryIO, suffix: str, uploads_dir: Path, max_bytes: int) -> StoredFile:
@@ -96,37 +89,6 @@ def discard(path: Path, uploads_dir: Path) -> None:
         resolved.unlink(missing_ok=True)
 
 
-def register(
-    session: Session,
-    *,
-    name: str,
-    kind: str,
-    spec: DatasetSpec,
-    columns: Sequence[str],
-    row_count: int | None,
-    size_bytes: int | None = None,
-    sha256: str | None = None,
-    original_filename: str | None = None,
-) -> Dataset:
-    dataset = Dataset(
-        name=name[:200],
-        kind=kind,
-        source=spec.source,
-        config=spec.config,
-        split=spec.split,
-        format=spec.format,
-        column_mapping=dict(spec.columns) if spec.columns else None,
-        columns=list(columns),
-        row_count=row_count,
-        size_bytes=size_bytes,
-        sha256=sha256,
-        original_filename=original_filename,
-    )
-    session.add(dataset)
-    session.flush()
-    return dataset
-
-
 def list_datasets(session: Session, limit: int = 500) -> Sequence[Dataset]:
     return session.scalars(select(Dataset).order_by(Dataset.id.desc()).limit(limit)).all()
 
@@ -149,43 +111,6 @@ def spec_section(dataset: Dataset, **overrides: Any) -> dict[str, Any]:
         section["columns"] = dict(dataset.column_mapping)
     section.update({k: v for k, v in overrides.items() if v is not None})
     return section
-
-
-def find_registered(session: Session, spec: DatasetSpec) -> Dataset | None:
-    query = select(Dataset).where(
-        Dataset.source == spec.source, Dataset.format == spec.format, Dataset.split == spec.split
-    )
-    query = query.where(Dataset.config.is_(None) if spec.config is None else Dataset.config == spec.config)
-    for dataset in session.scalars(query.order_by(Dataset.id)):
-        if (dataset.column_mapping or None) == (dict(spec.columns) if spec.columns else None):
-            return dataset
-    return None
-
-
-def register_from_run(session: Session, run: Run) -> Dataset | None:
-    """A run that trained on a local file or hub dataset registers it (once), with what the worker learned."""
-    facts = (run.details or {}).get("dataset") or {}
-    if not facts.get("rows"):
-        return None
-    try:
-        spec = DatasetSpec.model_validate((run.spec or {}).get("dataset") or {})
-    except ValueError:
-        return None
-    existing = find_registered(session, spec)
-    if existing is not None:
-        if existing.row_count is None:
-            existing.row_count = int(facts["rows"])
-        return existing
-    local = Path(spec.source).is_absolute() or facts.get("sha256") is not None
-    return register(
-        session,
-        name=display_name(spec.source, spec.source) if local else spec.source,
-        kind="local" if local else "hub",
-        spec=spec,
-        columns=list(facts.get("columns") or []),
-        row_count=int(facts["rows"]),
-        sha256=facts.get("sha256"),
-    )
 
 
 def runs_using(session: Session, dataset: Dataset, limit: int = 20) -> list[Run]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app.db import session_scope
-from app.models import Run
 from app.services.sweeps import SweepRequest, create_sweep
-from app.settings import Settings
 from runspec import METHODS
+from tunedeck_state.db import session_scope
+from tunedeck_state.models import Run
+from tunedeck_state.settings import Settings
 
 DEMO_MODEL_DIRNAME = "models/tiny-bloom-256x4"
 DEMO_DATASET = "data/demo_alpaca.jsonl"

@@ -20,13 +20,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.services.worker_rpc import WorkerRefused, WorkerUnavailable, call_worker
-from app.services.workers import live_workers
-from app.settings import get_settings
 from runspec import METHODS, RunSpec
 from runspec.estimate import Estimate, EstimateError, estimate_memory, suggest, with_suggestion
+from tunedeck_jobs.names import INSPECT_MODEL_TASK, TRAINING_QUEUE
+from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker
+from tunedeck_state.settings import get_settings
+from tunedeck_state.workers import live_workers
 
-INSPECT_TASK = "tunedeck.service.inspect_model"
 CACHE_SIZE = 64
 #: How long the live form waits for a worker's profile (a hub model's config may have to be fetched first).
 FORM_TIMEOUT_SECONDS = 20.0
@@ -103,7 +103,7 @@ def profile_for(model: str, method: Mapping[str, Any], timeout: float | None = N
 
 def _ask_worker(model: str, method: Mapping[str, Any], timeout: float | None) -> Profile:
     try:
-        answer = call_worker(INSPECT_TASK, model, dict(method), timeout=timeout)  # None: settings.rpc_timeout
+        answer = call_worker(INSPECT_MODEL_TASK, model, dict(method), timeout=timeout)  # None: settings.rpc_timeout
     except WorkerRefused as exc:
         raise EstimateUnavailable(str(exc)) from None
     except WorkerUnavailable as exc:
@@ -120,7 +120,6 @@ def _ask_worker(model: str, method: Mapping[str, Any], timeout: float | None) ->
 
 def training_gpu(session: Session) -> tuple[int, str] | None:
     """The largest GPU a live training worker reported in its heartbeat (nvidia-smi): bytes and a label."""
-    from worker.celery_app import TRAINING_QUEUE
 
     best: tuple[int, str] | None = None
     for worker in live_workers(session, get_settings().heartbeat_seconds):

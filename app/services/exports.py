@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from app import __version__
-from app.models import Run, RunStatus
 from app.services.inference import merged_dir
 from runspec import METHODS
 from runspec.sources import is_hub_id
+from tunedeck_state import __version__
+from tunedeck_state.models import Run, RunStatus
 
 Kind = Literal["adapter", "model", "merged"]
 KINDS: tuple[Kind, ...] = ("adapter", "model", "merged")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
-from app.services.sources import SpecRefused
-from app.settings import get_settings
 from runspec import RunSpec
+from tunedeck_jobs.names import CHECK_METHOD_TASK
+from tunedeck_jobs.rpc import ask
+from tunedeck_state.settings import get_settings
+from tunedeck_state.source_checks import SpecRefused
 
-CHECK_METHOD_TASK = "tunedeck.service.check_method"
 #: How long a submit waits while the last check went unanswered.
 QUICK_LOOK_SECONDS = 3.0
 
@@ -37,7 +37,7 @@ def check_method_fits_model(spec: RunSpec, timeout: float | None = None) -> None
         timeout = min(timeout, QUICK_LOOK_SECONDS)
     args = [spec.model, spec.method.model_dump(mode="json"), spec.training.model_dump(mode="json")]
     try:
-        answer = _ask_worker(args, timeout)
+        answer = ask(CHECK_METHOD_TASK, *args, timeout=timeout)
     except Exception as exc:  # broker or result backend unreachable: queueing reports the broker itself
         log.warning("method not checked before queueing: %s: %s", type(exc).__name__, exc)
         return
@@ -52,22 +52,3 @@ def check_method_fits_model(spec: RunSpec, timeout: float | None = None) -> None
     problems = answer.get("problems") or {}
     if problems:
         raise SpecRefused([(str(field), str(message)) for field, message in problems.items()])
-
-
-def _ask_worker(args: list[Any], timeout: float) -> dict[str, Any] | None:
-    """The service task's answer, or None when none came within `timeout`. The task expires unanswered soon
-    after, so a worker that starts later does not work through a backlog of stale checks."""
-    from celery.exceptions import TimeoutError as CeleryTimeout
-
-    from app.services.worker_rpc import RESULT_POLL_SECONDS
-    from worker.celery_app import SERVICE_QUEUE, celery_app
-
-    result = celery_app.send_task(
-        CHECK_METHOD_TASK, args=args, queue=SERVICE_QUEUE, ignore_result=False, expires=max(30.0, 3 * timeout)
-    )
-    try:
-        return dict(result.get(timeout=timeout, propagate=True, interval=RESULT_POLL_SECONDS))
-    except CeleryTimeout:
-        return None
-    finally:
-        result.forget()

@@ -21,14 +21,14 @@ from pydantic import Field, ValidationError, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from app.models import Run, RunStatus, Sweep, SweepRun
-from app.services import runs as run_service
-from app.services.dispatch import commit_and_enqueue
 from app.services.method_check import check_method_fits_model
-from app.services.sources import SpecRefused, check_sources
 from app.services.spec_paths import METHOD_NAME, apply_changes, flat_changes, format_value, short_label
+from app.services.submit import store_and_enqueue
 from runspec import RunSpec
 from runspec.base import StrictModel
+from tunedeck_state import runs as run_service
+from tunedeck_state.models import Run, RunStatus, Sweep, SweepRun
+from tunedeck_state.source_checks import SpecRefused, check_sources
 
 MAX_RUNS = 256
 MAX_ID = 2**31 - 1
@@ -262,7 +262,7 @@ def create_sweep(session: Session, request: SweepRequest) -> Sweep:
         run.sweep_id = sweep.id
         session.add(SweepRun(sweep_id=sweep.id, run_id=run.id, position=planned.index, reused=False))
         new_runs.append(run)
-    commit_and_enqueue(session, new_runs)
+    store_and_enqueue(session, new_runs)
     return get_sweep(session, sweep.id)
 
 

@@ -9,19 +9,18 @@ from pydantic import Field
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.db import get_session
-from app.models import Run, RunStatus
-from app.services import lifecycle
-from app.services import runs as run_service
-from app.services.dispatch import submit_run
-from app.services.sources import check_model_source
-from app.services.worker_rpc import WorkerRefused, WorkerUnavailable, call_worker
-from app.settings import get_settings
+from app.services.submit import submit_run
 from app.web.schemas import Health, LogLine, MetricSeries, RunDetail, RunList, RunOut
 from runspec import METHODS, AnyMethod, RunSpec
 from runspec.base import StrictModel
-
-INSPECT_TASK = "tunedeck.service.inspect_model"
+from tunedeck_jobs import dispatch
+from tunedeck_jobs.names import INSPECT_MODEL_TASK
+from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker
+from tunedeck_state import runs as run_service
+from tunedeck_state.db import get_session
+from tunedeck_state.models import Run, RunStatus
+from tunedeck_state.settings import get_settings
+from tunedeck_state.source_checks import check_model_source
 
 router = APIRouter(prefix="/api", tags=["api"])
 SORT_PATTERN = f"^-?({'|'.join(run_service.RUN_SORTS)})$"
@@ -40,7 +39,7 @@ def create_run(spec: RunSpec, session: SessionDep) -> Any:
     return submit_run(session, spec)
 
 
-@router.get("/runs", response_model=RunList, dependencies=[Depends(lifecycle.check_lost_runs)])
+@router.get("/runs", response_model=RunList)
 def list_runs(
     session: SessionDep,
     status_: Annotated[RunStatus | None, Query(alias="status")] = None,
@@ -70,7 +69,7 @@ def list_runs(
     return {"items": page.items, "total": page.total, "limit": page.limit, "offset": page.offset}
 
 
-@router.get("/runs/{run_id}", response_model=RunDetail, dependencies=[Depends(lifecycle.check_lost_runs)])
+@router.get("/runs/{run_id}", response_model=RunDetail)
 def get_run(run_id: int, session: SessionDep) -> Any:
     """One run, with `events`: every status change with its time and reason."""
     return _run_or_404(session, run_id)
@@ -109,7 +108,7 @@ def resume_run(run_id: int, session: SessionDep) -> Any:
     """Queue a failed or cancelled run again (attempt + 1); it continues from its last complete checkpoint."""
     _run_or_404(session, run_id)
     try:
-        lifecycle.resume_and_enqueue(session, run_id)
+        dispatch.resume(session, run_id)
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return _run_or_404(session, run_id)
@@ -125,7 +124,7 @@ def inspect_model(request: InspectRequest) -> dict[str, Any]:
     """Config, module names and parameter counts of a model, read on a worker without loading weights."""
     check_model_source(request.model)  # a URL, a path outside the data roots, custom code: 422 before any worker
     method = request.method.model_dump(mode="json") if request.method else None
-    return call_worker_or_http_error(INSPECT_TASK, request.model, method)
+    return call_worker_or_http_error(INSPECT_MODEL_TASK, request.model, method)
 
 
 def call_worker_or_http_error(task: str, *args: Any) -> dict[str, Any]:

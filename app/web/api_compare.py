@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from app.db import get_session
 from app.services import compare as compare_service
 from app.services import sweeps as sweep_service
+from tunedeck_state.db import get_session
 
 router = APIRouter(prefix="/api", tags=["compare"])
 SessionDep = Annotated[Session, Depends(get_session)]

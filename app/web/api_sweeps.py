@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from app.db import get_session
-from app.models import Sweep
 from app.services import sweeps as sweep_service
 from app.services.sweeps import SweepInvalid, SweepRequest
+from tunedeck_state.db import get_session
+from tunedeck_state.models import Sweep
 
 router = APIRouter(prefix="/api", tags=["sweeps"])
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +16,6 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 
-from app import __version__
-from app.services.sources import SpecRefused
-from app.services.storage import server_storage_id
-from app.settings import get_settings
 from app.web import api, api_compare, api_sweeps, inference, pages, pages_compare, security
 from app.web import datasets as datasets_web
 from app.web import estimate as estimate_web
@@ -24,6 +23,11 @@ from app.web import exports as exports_web
 from app.web import metrics as metrics_web
 from app.web import workers as workers_web
 from runspec import METHODS
+from tunedeck_jobs import dispatch
+from tunedeck_state import __version__
+from tunedeck_state.settings import get_settings
+from tunedeck_state.source_checks import SpecRefused
+from tunedeck_state.storage import server_storage_id
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -74,8 +78,32 @@ async def _id_out_of_range(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=status.HTTP_404_NOT_FOUND, content={"detail": "no such id (out of range)"})
 
 
+#: How often the web server looks for runs whose worker stopped beating (one indexed SELECT).
+REAP_INTERVAL_SECONDS = 1.0
+
+
+@asynccontextmanager
+async def _reap_lost_runs(app: FastAPI) -> AsyncIterator[None]:
+    """Fail (and maybe retry) runs whose worker died, even while no worker is left to notice. Reading runs has no
+    side effects: this thread does it."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(REAP_INTERVAL_SECONDS):
+            dispatch.reap_lost_runs(min_interval=0)
+
+    thread = threading.Thread(target=loop, name="lost-run-reaper", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=_reap_lost_runs,
         title="tunedeck",
         version=__version__,
         description="Launch parameter-efficient fine-tunes of causal language models, watch them, compare them.",
@@ -105,5 +133,5 @@ def create_app() -> FastAPI:
     app.include_router(workers_web.api_router)
     app.include_router(workers_web.page_router)
     exports_web.register_template_helpers()
-    server_storage_id()  # the data directory's identity, which workers report back (app/services/storage.py)
+    server_storage_id()  # the data directory's identity, which workers report back (tunedeck_state/storage.py)
     return app

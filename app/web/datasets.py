@@ -12,18 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import get_session
-from app.models import Dataset, Run
 from app.services import datasets as dataset_service
-from app.services.worker_rpc import WorkerRefused, WorkerUnavailable, call_worker
-from app.settings import get_settings
 from runspec import DatasetSpec
 from runspec.base import StrictModel
 from runspec.datasets import FORMAT_HELP, DatasetFormat, PromptTemplate, format_columns
 from runspec.sources import SourceRefused
+from tunedeck_jobs.names import INSPECT_DATASET_TASK, PREVIEW_DATASET_TASK
+from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker
+from tunedeck_state.db import get_session
+from tunedeck_state.models import Dataset, Run
+from tunedeck_state.settings import get_settings
 
-INSPECT_DATASET_TASK = "tunedeck.service.inspect_dataset"
-PREVIEW_DATASET_TASK = "tunedeck.service.preview_dataset"
 #: Checking every row of a big file, or tokenizing it for the preview, can take longer than a quick request.
 DATASET_RPC_TIMEOUT_SECONDS = 300.0
 DEFAULT_PREVIEW_MAX_LENGTH = 512

@@ -10,13 +10,13 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.db import get_session
-from app.services import runs as run_service
 from app.services.estimates import FORM_TIMEOUT_SECONDS, EstimateUnavailable, estimate_spec
 from app.web.forms import errors_by_field, fields_for, spec_from_form
 from app.web.pages import templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from runspec.estimate import GIB, Estimate, compare
+from tunedeck_state import runs as run_service
+from tunedeck_state.db import get_session
 
 api_router = APIRouter(prefix="/api", tags=["api"])
 page_router = APIRouter(include_in_schema=False)

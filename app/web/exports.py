@@ -12,12 +12,12 @@ from pydantic import Field, SecretStr, ValidationError
 from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
-from app.db import get_session
-from app.models import Run
 from app.services import exports as export_service
-from app.services import runs as run_service
-from app.settings import get_settings
 from runspec.base import StrictModel
+from tunedeck_state import runs as run_service
+from tunedeck_state.db import get_session
+from tunedeck_state.models import Run
+from tunedeck_state.settings import get_settings
 
 api_router = APIRouter(prefix="/api", tags=["exports"])
 page_router = APIRouter(include_in_schema=False)

@@ -11,14 +11,16 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.db import get_session
-from app.models import Run
 from app.services import inference as inference_service
-from app.services import runs as run_service
-from app.services.worker_rpc import WorkerRefused, WorkerUnavailable, call_worker
-from app.settings import get_settings
 from app.web.pages import templates
 from runspec.inference import GenerateRequest
+from tunedeck_jobs.names import GENERATE_TASK
+from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker
+from tunedeck_state import merges
+from tunedeck_state import runs as run_service
+from tunedeck_state.db import get_session
+from tunedeck_state.models import Run
+from tunedeck_state.settings import get_settings
 
 api_router = APIRouter(prefix="/api", tags=["api"])
 page_router = APIRouter(include_in_schema=False)
@@ -72,14 +74,14 @@ def _run_or_404(session: Session, run_id: int) -> Run:
 def _generate(session: Session, run: Run, request: GenerateRequest) -> dict[str, Any]:
     """Check the run can answer (409 with the reason), then have a service worker generate."""
     try:
-        inference_service.generation_source(run, request.variant)
-    except inference_service.NotReady as exc:
+        merges.generation_source(run, request.variant)
+    except merges.NotReady as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     run_id = run.id
     session.rollback()  # hold no transaction open while the worker loads and generates
     try:
         return call_worker(
-            inference_service.GENERATE_TASK,
+            GENERATE_TASK,
             run_id,
             request.variant,
             [p.model_dump() for p in request.prompts],
@@ -94,7 +96,7 @@ def _generate(session: Session, run: Run, request: GenerateRequest) -> dict[str,
 
 
 def _merge_out(run: Run) -> dict[str, Any]:
-    state = inference_service.merge_state(run)
+    state = merges.merge_state(run)
     return {
         "run_id": run.id,
         "status": state.get("status", "none"),
@@ -118,9 +120,9 @@ def merge(run_id: int, session: SessionDep, response: Response) -> Any:
     _run_or_404(session, run_id)
     try:
         run = inference_service.submit_merge(session, run_id)
-    except inference_service.NotReady as exc:
+    except merges.NotReady as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    if inference_service.merge_state(run).get("status") == "succeeded":
+    if merges.merge_state(run).get("status") == "succeeded":
         response.status_code = status.HTTP_200_OK
     return _merge_out(run)
 
@@ -208,6 +210,6 @@ def merge_from_page(request: Request, run_id: int, session: SessionDep) -> Respo
     _run_or_404(session, run_id)
     try:
         run = inference_service.submit_merge(session, run_id)
-    except inference_service.NotReady as exc:
+    except merges.NotReady as exc:
         return _block(request, _run_or_404(session, run_id), "merge", status.HTTP_409_CONFLICT, merge_error=str(exc))
     return _block(request, run, "merge", merge_oob=True)

@@ -17,11 +17,11 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from app import __version__
-from app.db import session_scope
-from app.models import Run, RunStatus
-from app.services import workers as worker_service
-from app.settings import get_settings
+from tunedeck_state import __version__
+from tunedeck_state import workers as worker_service
+from tunedeck_state.db import session_scope
+from tunedeck_state.models import Run, RunStatus
+from tunedeck_state.settings import get_settings
 
 router = APIRouter(include_in_schema=False)
 

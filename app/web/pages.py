@@ -14,19 +14,19 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.db import get_session
-from app.models import Run, RunStatus
 from app.services import inference as inference_service
-from app.services import lifecycle
-from app.services import runs as run_service
 from app.services.demo import DEMO_DATASET, DEMO_MODEL_DIRNAME
-from app.services.dispatch import submit_run
-from app.services.sources import SpecRefused
-from app.settings import get_settings
+from app.services.submit import submit_run
 from app.web import formatting
 from app.web.forms import errors_by_field, fields_for, spec_from_form
 from runspec import METHODS, DatasetSpec, PlacementSpec, RunSpec, TrainingSpec
 from runspec.spec import DEFAULT_DATASET, DEFAULT_MODEL
+from tunedeck_jobs import dispatch
+from tunedeck_state import runs as run_service
+from tunedeck_state.db import get_session
+from tunedeck_state.models import Run, RunStatus
+from tunedeck_state.settings import get_settings
+from tunedeck_state.source_checks import SpecRefused
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 templates = Jinja2Blocks(directory=str(TEMPLATES_DIR))
@@ -132,12 +132,12 @@ def _runs_context(session: Session, query: RunsQuery) -> dict[str, Any]:
     }
 
 
-@router.get("/", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
+@router.get("/", response_class=HTMLResponse)
 def runs_page(request: Request, session: SessionDep, query: RunsQueryDep) -> Response:
     return templates.TemplateResponse(request, "runs_list.html", _runs_context(session, query))
 
 
-@router.get("/runs/table", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
+@router.get("/runs/table", response_class=HTMLResponse)
 def runs_table(request: Request, session: SessionDep, query: RunsQueryDep) -> Response:
     return templates.TemplateResponse(request, "runs_list.html", _runs_context(session, query), block_name="runs_table")
 
@@ -267,13 +267,13 @@ def _run_context(session: Session, run: Run) -> dict[str, Any]:
     }
 
 
-@router.get("/runs/{run_id}", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
+@router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: int, session: SessionDep) -> Response:
     run = _run_or_404(session, run_id)
     return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run))
 
 
-@router.get("/runs/{run_id}/live", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
+@router.get("/runs/{run_id}/live", response_class=HTMLResponse)
 def run_live(request: Request, run_id: int, session: SessionDep) -> Response:
     run = _run_or_404(session, run_id)
     return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
@@ -294,7 +294,7 @@ def cancel_from_page(request: Request, run_id: int, session: SessionDep) -> Resp
 def resume_from_page(request: Request, run_id: int, session: SessionDep) -> Response:
     _run_or_404(session, run_id)
     try:
-        lifecycle.resume_and_enqueue(session, run_id)
+        dispatch.resume(session, run_id)
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     run = _run_or_404(session, run_id)

@@ -12,14 +12,14 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.db import get_session
-from app.models import Sweep
-from app.services import runs as run_service
 from app.services import sweeps as sweep_service
 from app.services.sweeps import SweepInvalid, SweepRequest
 from app.web.api_compare import parse_run_ids
 from app.web.pages import templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
+from tunedeck_state import runs as run_service
+from tunedeck_state.db import get_session
+from tunedeck_state.models import Sweep
 
 router = APIRouter(include_in_schema=False)
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -40,7 +40,7 @@ class RunOut(BaseModel):
     #: The sweep that launched the run, if any (GET /api/sweeps/{id}).
     sweep_id: int | None = None
     #: The Celery queue it was sent to: a memory class (tunedeck.training.mem-24g), a worker, a GPU type, or
-    #: tunedeck.training (app/services/placement.py).
+    #: tunedeck.training (tunedeck_jobs/placement.py).
     queue: str | None = None
     #: spec.placement.priority: 0-9, higher starts first (Redis broker).
     priority: int = 5

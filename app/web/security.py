@@ -29,7 +29,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.settings import Settings, get_settings
+from tunedeck_state.settings import Settings, get_settings
 
 MIN_TOKEN_LENGTH = 16
 SESSION_COOKIE = "tunedeck_session"

@@ -9,11 +9,10 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from app.db import get_session
-from app.services import lifecycle
-from app.services import workers as worker_service
-from app.settings import get_settings
 from app.web.pages import templates
+from tunedeck_state import workers as worker_service
+from tunedeck_state.db import get_session
+from tunedeck_state.settings import get_settings
 
 api_router = APIRouter(prefix="/api", tags=["workers"])
 page_router = APIRouter(include_in_schema=False)
@@ -65,18 +64,18 @@ def _views(session: Session) -> list[dict[str, Any]]:
     return worker_service.describe(session, get_settings().heartbeat_seconds)
 
 
-@api_router.get("/workers", response_model=list[WorkerOut], dependencies=[Depends(lifecycle.check_lost_runs)])
+@api_router.get("/workers", response_model=list[WorkerOut])
 def list_workers(session: SessionDep) -> Any:
     """Every worker that announced itself: live or lost, its GPUs (or CPU cores and RAM), package versions, the
     memory it offers a run and what it is training. A worker that stopped cleanly is not listed."""
     return _views(session)
 
 
-@page_router.get("/workers", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
+@page_router.get("/workers", response_class=HTMLResponse)
 def workers_page(request: Request, session: SessionDep) -> Response:
     return templates.TemplateResponse(request, "workers.html", {"workers": _views(session)})
 
 
-@page_router.get("/workers/table", response_class=HTMLResponse, dependencies=[Depends(lifecycle.check_lost_runs)])
+@page_router.get("/workers/table", response_class=HTMLResponse)
 def workers_table(request: Request, session: SessionDep) -> Response:
     return templates.TemplateResponse(request, "workers.html", {"workers": _views(session)}, block_name="workers_table")

@@ -1,7 +1,7 @@
 """Workers: each worker process writes a heartbeat row every few seconds (worker/heartbeat.py).
 
 A worker whose row is older than a few heartbeat intervals is lost (killed, machine gone): no longer counted as live,
-shown as lost on the Workers page (its running runs are failed by the lifecycle reaper, app/services/lifecycle.py),
+shown as lost on the Workers page (its running runs are failed by the lifecycle reaper, tunedeck_state/lifecycle.py),
 and forgotten after a week. A worker that stops cleanly removes its row.
 """
 
@@ -14,8 +14,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Run, RunStatus, WorkerHeartbeat, utcnow
-from app.services.placement import TRAINING_QUEUE
+from tunedeck_state.models import Run, RunStatus, WorkerHeartbeat, utcnow
 
 STALE_AFTER_BEATS = 3
 FORGET_LOST_AFTER = timedelta(days=7)
@@ -50,13 +49,13 @@ def beat(
             )
         )
         session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.last_seen < now - FORGET_LOST_AFTER))
-        if TRAINING_QUEUE in queues.split(","):
-            # Runs sent to the plain queue while no training worker was live carry that reason: this one takes them.
-            session.execute(
-                update(Run)
-                .where(Run.status == RunStatus.queued.value, Run.queue == TRAINING_QUEUE, Run.wait_reason.is_not(None))
-                .values(wait_reason=None)
-            )
+        # Runs sent to a queue no live worker consumed carry that reason ("no training worker is running",
+        # "needs 31 GiB ..."): this worker takes them now.
+        session.execute(
+            update(Run)
+            .where(Run.status == RunStatus.queued.value, Run.queue.in_(queues.split(",")), Run.wait_reason.is_not(None))
+            .values(wait_reason=None)
+        )
     else:
         row.last_seen = now
         row.queues = queues
@@ -93,7 +92,7 @@ def is_live(worker: WorkerHeartbeat, interval_seconds: float) -> bool:
 def describe(session: Session, interval_seconds: float) -> list[dict[str, Any]]:
     """Every worker as the Workers page and GET /api/workers show it: live or lost, its GPUs (or CPU), versions,
     the memory it offers a run, and the runs it is training now."""
-    from app.models import Run, RunStatus
+    from tunedeck_state.models import Run, RunStatus
 
     running: dict[str, list[dict[str, Any]]] = {}
     for run_id, name, worker, step, max_steps in session.execute(
@@ -102,7 +101,7 @@ def describe(session: Session, interval_seconds: float) -> list[dict[str, Any]]:
         .order_by(Run.id)
     ).all():
         running.setdefault(worker or "", []).append({"id": run_id, "name": name, "step": step, "max_steps": max_steps})
-    from app.services.storage import server_storage_id
+    from tunedeck_state.storage import server_storage_id
 
     storage_id = server_storage_id()
     now = utcnow()

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from app.models import RUN_LOSS_SORT_INDEXES, Metric, Run, RunEvent, RunLog, RunStatus, utcnow
 from runspec import RunSpec
+from tunedeck_state.models import RUN_LOSS_SORT_INDEXES, Metric, Run, RunEvent, RunLog, RunStatus, utcnow
 
 LOG_LINE_MAX = 2000
 

@@ -1,33 +1,31 @@
 """Run faults and recovery: a lost worker, resume, automatic retries.
 
 Every change is a conditional UPDATE through runs._transition (the row is the lock) and leaves a RunEvent
-with its reason. Functions here never enqueue: callers commit, then call `enqueue_attempts` with what they
-got back (one transaction per unit of work, tasks sent only after the commit).
+with its reason. Functions here never enqueue: callers commit, then hand what they got back to
+tunedeck_jobs.dispatch.enqueue_attempts (one transaction per unit of work, tasks sent only after the commit).
 
 A run is lost when its worker stops proving it is alive:
 * a killed pool process is seen at once by the Celery worker's main process (task_failure with
-  WorkerLostError, see worker/lifecycle.py), which calls `fail_lost_attempt`;
+  WorkerLostError, see worker/lost_runs.py), which calls `fail_lost_attempt`;
 * a killed main worker process (its pool processes die with it) stops the heartbeats; `reap_lost_runs`
-  fails every running run whose heartbeat is older than TUNEDECK_HEARTBEAT_TIMEOUT_SECONDS. The web calls
-  it when runs are read (`detect_lost_runs`), and every worker calls it from a timer, so a lost run is
-  retried even when nobody is looking at the dashboard.
+  fails every running run whose heartbeat is older than TUNEDECK_HEARTBEAT_TIMEOUT_SECONDS. Every worker
+  calls it from a timer and the web server from a thread (tunedeck_jobs.dispatch.reap_lost_runs), so a lost
+  run is retried even when nobody is looking at the dashboard.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from app.models import Run, RunEvent, RunStatus, utcnow
-from app.services import runs as run_service
-from app.services.runs import InvalidTransition, _transition
 from runspec import RunSpec
+from tunedeck_state import runs as run_service
+from tunedeck_state.models import Run, RunEvent, RunStatus, utcnow
+from tunedeck_state.runs import InvalidTransition, _transition
 
 log = logging.getLogger(__name__)
 
@@ -163,61 +161,3 @@ def reap_lost_runs(session: Session, timeout_seconds: float) -> list[Attempt]:
             if retry:
                 retries.append(retry)
     return retries
-
-
-def enqueue_attempts(attempts: list[Attempt]) -> None:
-    """Send the training task for each attempt. Call only after the commit that queued them.
-
-    Each attempt is placed again (app/services/placement.py): it goes wherever its estimate fits now, so the retry
-    of a run whose worker was lost goes to another worker that fits."""
-    if not attempts:
-        return
-    from app.db import session_scope
-    from app.services import placement as placement_service
-
-    for item in attempts:
-        try:
-            with session_scope() as session:
-                placement = placement_service.place_run(session, _fresh(session, item.run_id))
-            placement_service.send(item.run_id, item.attempt, placement)
-        except Exception as exc:
-            with session_scope() as session:
-                run_service.fail_queued(
-                    session, item.run_id, f"could not queue the run: the task broker is unreachable ({exc})"
-                )
-
-
-_last_reap = 0.0
-_reap_lock = threading.Lock()
-
-
-def detect_lost_runs(min_interval: float = 1.0) -> None:
-    """Reap lost runs in a transaction of its own, then queue their retries. At most once per `min_interval`
-    per process; called before runs are read (API, pages) and from every worker's timer."""
-    global _last_reap
-    from app.db import session_scope
-    from app.settings import get_settings
-
-    with _reap_lock:
-        if time.monotonic() - _last_reap < min_interval:
-            return
-        _last_reap = time.monotonic()
-    try:
-        with session_scope() as session:
-            retries = reap_lost_runs(session, get_settings().heartbeat_timeout_seconds)
-        enqueue_attempts(retries)
-    except Exception:  # reading runs must not fail because the reaper could not write
-        log.exception("could not check for lost runs")
-
-
-def check_lost_runs() -> None:
-    """FastAPI dependency of the endpoints that read runs: their status is current when shown."""
-    detect_lost_runs()
-
-
-def resume_and_enqueue(session: Session, run_id: int) -> None:
-    """Resume a failed or cancelled run: commit the new attempt, then queue it (the API and the page both call this)."""
-    attempt = resume_run(session, run_id)
-    session.commit()
-    enqueue_attempts([attempt])
-    session.expire_all()

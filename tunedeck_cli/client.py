@@ -1,6 +1,6 @@
 """A small Python client of tunedeck's REST API (httpx), for scripts and the `tunedeck sweep` command.
 
-    from app.client import TunedeckClient
+    from tunedeck_cli.client import TunedeckClient
     with TunedeckClient("http://127.0.0.1:8000", token=None) as client:
         sweep = client.create_sweep({"name": "ranks", "base": {...}, "grid": {"method.r": [4, 8, 16]}})
         sweep = client.wait_for_sweep(sweep["id"])

@@ -6,9 +6,9 @@ a 422 naming the field at once instead of a failed run later.
 
 from __future__ import annotations
 
-from app.settings import Settings, get_settings
 from runspec import RunSpec
 from runspec.sources import SourceRefused, check_spec_sources
+from tunedeck_state.settings import Settings, get_settings
 
 
 class SpecRefused(ValueError):

@@ -15,7 +15,7 @@ import os
 import uuid
 from pathlib import Path
 
-from app.settings import Settings, get_settings
+from tunedeck_state.settings import Settings, get_settings
 
 MARKER = ".tunedeck-storage-id"
 

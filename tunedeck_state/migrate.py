@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from app.db import get_engine
+from tunedeck_state.db import get_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """`tunedeck sweep sweep.yaml [--wait]`: submit a sweep through the REST API, follow it, print the comparison.
 
 The YAML file holds the body of `POST /api/sweeps` (name, base, grid and/or overrides, rerun). Talks to the
-server with app.client only (httpx), so it runs anywhere and never imports the ML stack.
+server with tunedeck_cli.client only (httpx), so it runs anywhere and never imports the ML stack.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from app.client import ApiError, TunedeckClient, Unreachable
+from tunedeck_cli.client import ApiError, TunedeckClient, Unreachable
 
 #: Columns of the printed comparison: (key, header, format).
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (

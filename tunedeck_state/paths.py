@@ -12,8 +12,8 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from app.settings import Settings
 from runspec.sources import is_inside
+from tunedeck_state.settings import Settings
 
 
 class PathOutside(ValueError):

@@ -92,7 +92,7 @@ class Run(Base):
     sweep_id: Mapped[int | None] = mapped_column(
         ForeignKey("sweeps.id", ondelete="SET NULL", name="fk_runs_sweep_id_sweeps"), index=True
     )
-    #: The Celery queue the run was last sent to (a memory class, a worker, a GPU type: app/services/placement.py).
+    #: The Celery queue the run was last sent to (a memory class, a worker, a GPU type: tunedeck_jobs/placement.py).
     queue: Mapped[str | None] = mapped_column(String(255))
     #: spec.placement.priority (0-9, higher starts first), kept here so lists can show and sort by it.
     priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")

@@ -61,7 +61,7 @@ class Stack:
     def start_server(self) -> None:
         log = open(self.data_dir / f"server-{self.port}.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(self.port)],
+            [sys.executable, "-m", "tunedeck_cli.main", "serve", "--no-worker", "--port", str(self.port)],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -85,7 +85,17 @@ class Stack:
         """`tunedeck worker --queues QUEUES [worker_args...]` with extra TUNEDECK_* settings."""
         log = open(self.data_dir / f"worker-{len(self.workers)}-{queues}.log", "ab")  # noqa: SIM115
         worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO", "--queues", queues, *worker_args],
+            [
+                sys.executable,
+                "-m",
+                "tunedeck_cli.main",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--queues",
+                queues,
+                *worker_args,
+            ],
             cwd=ROOT,
             env={**self.env, **extra_env},
             stdout=log,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from app.settings import get_settings
+from tunedeck_state.settings import get_settings
 
 cli = typer.Typer(help="tunedeck: fine-tune causal language models and compare the runs.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
@@ -22,7 +22,7 @@ cli.add_typer(demo_cli, name="demo")
 @db_cli.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply migrations up to REVISION (default: the newest)."""
-    from app.migrate import upgrade_database
+    from tunedeck_state.migrate import upgrade_database
 
     upgrade_database(revision)
     typer.echo(f"database at {revision}: {get_settings().resolved_database_url}")
@@ -38,8 +38,8 @@ def serve(
     """Run the dashboard and REST API (and, by default, one local worker)."""
     import uvicorn
 
-    from app.migrate import upgrade_database
     from app.web.security import bind_refusal
+    from tunedeck_state.migrate import upgrade_database
 
     settings = get_settings()
     host = host or settings.host
@@ -76,7 +76,9 @@ def serve(
 
 
 def _start_local_worker(queues: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--queues", queues], env=os.environ.copy())
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunedeck_cli.main", "worker", "--queues", queues], env=os.environ.copy()
+    )
 
 
 @cli.command("worker")
@@ -109,7 +111,7 @@ def run_worker(
     """Run a Celery worker (any machine that reaches the database and the broker).
 
     A training worker declares its GPUs and the memory it offers a run, and consumes the queues of the runs that fit
-    (app/services/placement.py): one training per GPU at a time, each pinned to its GPU; with --multi-gpu, one run
+    (tunedeck_jobs/placement.py): one training per GPU at a time, each pinned to its GPU; with --multi-gpu, one run
     at a time on all its GPUs."""
     import socket
 
@@ -119,8 +121,9 @@ def run_worker(
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    from tunedeck_jobs.celery_app import celery_app
+    from tunedeck_jobs.names import QUEUES
     from worker import capacity
-    from worker.celery_app import QUEUES, celery_app
 
     names = [item.strip() for item in queues.split(",") if item.strip()]
     unknown = [item for item in names if item not in QUEUES]
@@ -167,7 +170,7 @@ def run_worker(
 
 
 def _refuse_bad_worker_settings(command: str) -> None:
-    from app.settings_checks import refusal_message, worker_settings_problems
+    from tunedeck_state.settings_checks import refusal_message, worker_settings_problems
 
     problems = worker_settings_problems(get_settings())
     if problems:
@@ -185,7 +188,7 @@ def sweep(
     poll: Annotated[float, typer.Option(help="Seconds between progress checks.", min=0.2)] = 2.0,
 ) -> None:
     """Launch a sweep through the REST API; with --wait, show live progress and then the comparison."""
-    from app.sweep_cli import run_sweep_command
+    from tunedeck_cli.sweep import run_sweep_command
 
     settings = get_settings()
     server = url or os.environ.get("TUNEDECK_URL") or f"http://{settings.host}:{settings.port}"
@@ -203,7 +206,7 @@ def wait(
     poll: Annotated[float, typer.Option(help="Seconds between progress checks.", min=0.2)] = 2.0,
 ) -> None:
     """Follow runs with progress bars until they finish; exit 0 only if all succeeded."""
-    from app.wait_cli import wait_for_runs
+    from tunedeck_cli.wait import wait_for_runs
 
     settings = get_settings()
     server = url or os.environ.get("TUNEDECK_URL") or f"http://{settings.host}:{settings.port}"

@@ -6,7 +6,7 @@ ways that are hard to trace (healthy runs marked lost, a long training delivered
 
 from __future__ import annotations
 
-from app.settings import Settings
+from tunedeck_state.settings import Settings
 
 #: Missed heartbeats tolerated before a run is declared lost.
 MISSED_HEARTBEATS = 3

@@ -9,7 +9,7 @@
   heartbeating and `LostRunReaper`, running on every worker's timer, fails them after the heartbeat timeout
   (the web does the same whenever runs are read).
 
-Imported only by workers (the bootstep is named in worker/celery_app.py), never by the web process.
+Imported only by workers (the bootstep is named in tunedeck_jobs/celery_app.py), never by the web process.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import bootsteps
 from celery.signals import task_failure
 
-from app.services import lifecycle
+from tunedeck_jobs import dispatch
+from tunedeck_jobs.names import TRAIN_TASK
+from tunedeck_state import lifecycle
 from worker import fork_safety
-from worker.celery_app import TRAIN_TASK
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,13 @@ def _training_process_lost(
     except (TypeError, ValueError, IndexError):
         log.error("cannot tell which run a lost training task was for: args=%r", args)
         return
-    from app.db import session_scope
+    from tunedeck_state.db import session_scope
 
     reason = lost_reason(exception)
     try:
         with session_scope() as session:
             retry = lifecycle.fail_lost_attempt(session, run_id, attempt, reason)
-        lifecycle.enqueue_attempts([retry] if retry else [])
+        dispatch.enqueue_attempts([retry] if retry else [])
     except Exception:  # the heartbeat reaper catches it later
         log.exception("could not record that run %s attempt %s was lost", run_id, attempt)
     else:
@@ -74,13 +75,13 @@ class LostRunReaper(bootsteps.StartStopStep):
         self.tref: Any = None
 
     def start(self, parent: Any) -> None:
-        from app.settings import get_settings
+        from tunedeck_state.settings import get_settings
 
         interval = max(1.0, get_settings().heartbeat_timeout_seconds / 4)
         # Celery's own timer (the worker's event loop, or its timer thread): one short conditional UPDATE.
         # Guarded: a pool process must not be forked while this (timer) thread is inside SQLite (fork_safety.py).
         self.tref = parent.timer.call_repeatedly(
-            interval, fork_safety.guarded(lifecycle.detect_lost_runs), kwargs={"min_interval": 0}
+            interval, fork_safety.guarded(dispatch.reap_lost_runs), kwargs={"min_interval": 0}
         )
 
     def stop(self, parent: Any) -> None:

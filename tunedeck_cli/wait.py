@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from app.client import ApiError, TunedeckClient, Unreachable
+from tunedeck_cli.client import ApiError, TunedeckClient, Unreachable
 
 
 def _eta(run: dict[str, Any]) -> str:

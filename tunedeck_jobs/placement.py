@@ -34,12 +34,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.models import Run, WorkerHeartbeat
-from app.settings import Settings, get_settings
 from runspec import PlacementSpec, RunSpec
+from tunedeck_jobs.names import TRAINING_QUEUE
+from tunedeck_state.models import Run, WorkerHeartbeat
+from tunedeck_state.settings import Settings, get_settings
 
 GIB = 2**30
-TRAINING_QUEUE = "tunedeck.training"
 CLASS_PREFIX = f"{TRAINING_QUEUE}.mem-"
 WORKER_PREFIX = f"{TRAINING_QUEUE}.worker."
 GPU_PREFIX = f"{TRAINING_QUEUE}.gpu-"
@@ -150,7 +150,7 @@ class Offer:
 
 
 def offers(session: Session, settings: Settings | None = None) -> list[Offer]:
-    from app.services.workers import live_workers
+    from tunedeck_state.workers import live_workers
 
     settings = settings or get_settings()
     found = []
@@ -406,12 +406,3 @@ def record(run: Run, placement: Placement) -> None:
     run.queue = placement.queue
     run.priority = placement.priority
     run.wait_reason = placement.wait_reason
-
-
-def send(run_id: int, attempt: int, placement: Placement) -> None:
-    """Send the training task to the placement's queue. Call only after the commit that stored the run."""
-    from worker.celery_app import TRAIN_TASK, celery_app
-
-    celery_app.send_task(
-        TRAIN_TASK, args=[run_id, attempt], queue=placement.queue, priority=celery_priority(placement.priority)
-    )

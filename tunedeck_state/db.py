@@ -11,7 +11,7 @@ from sqlalchemy import Engine, FromClause, create_engine, event
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.settings import get_settings
+from tunedeck_state.settings import get_settings
 
 
 class _SQLiteCompiler(SQLiteCompiler):
