@@ -9,11 +9,19 @@ from alembic.config import Config
 
 from tunedeck_state.db import get_engine
 
-ROOT = Path(__file__).resolve().parent.parent
+_HERE = Path(__file__).resolve().parent
+
+
+def _packaged_or_checkout(name: str) -> Path:
+    """Installed from a wheel, migrations/ and alembic.ini are package data beside this module; in a checkout,
+    they are the repository's top-level ones."""
+    return next(p for p in (_HERE / name, _HERE.parent / name) if p.exists())
 
 
 def alembic_config() -> Config:
-    return Config(str(ROOT / "alembic.ini"))
+    config = Config(str(_packaged_or_checkout("alembic.ini")))
+    config.set_main_option("script_location", str(_packaged_or_checkout("migrations")))
+    return config
 
 
 def upgrade_database(revision: str = "head") -> None:

@@ -6,7 +6,6 @@ import math
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, status
@@ -22,14 +21,13 @@ from app.web import estimate as estimate_web
 from app.web import exports as exports_web
 from app.web import metrics as metrics_web
 from app.web import workers as workers_web
+from app.web.templating import STATIC_DIR
 from runspec import METHODS
 from tunedeck_jobs import dispatch
 from tunedeck_state import __version__
 from tunedeck_state.settings import get_settings
 from tunedeck_state.source_checks import SpecRefused
 from tunedeck_state.storage import server_storage_id
-
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def _dotted(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -246,7 +246,7 @@ def _check_model(model: str) -> None:
 
 
 def _templates() -> Any:
-    from app.web.pages import templates
+    from app.web.templating import templates
 
     return templates
 

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.services.estimates import FORM_TIMEOUT_SECONDS, EstimateUnavailable, estimate_spec
 from app.web.forms import errors_by_field, fields_for, spec_from_form
-from app.web.pages import templates
+from app.web.templating import templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from runspec.estimate import GIB, Estimate, compare
 from tunedeck_state import runs as run_service

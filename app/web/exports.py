@@ -123,7 +123,7 @@ def push_to_hub(run_id: int, request: PushRequest, session: SessionDep) -> Any:
 
 
 def _templates() -> Any:
-    from app.web.pages import templates
+    from app.web.templating import templates
 
     return templates
 

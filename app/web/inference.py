@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.services import inference as inference_service
-from app.web.pages import templates
+from app.web.templating import templates
 from runspec.inference import GenerateRequest
 from tunedeck_jobs.names import GENERATE_TASK
 from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2_fragments.fastapi import Jinja2Blocks
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -17,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from app.services import inference as inference_service
 from app.services.demo import DEMO_DATASET, DEMO_MODEL_DIRNAME
 from app.services.submit import submit_run
-from app.web import formatting
 from app.web.forms import errors_by_field, fields_for, spec_from_form
+from app.web.templating import templates
 from runspec import METHODS, DatasetSpec, PlacementSpec, RunSpec, TrainingSpec
 from runspec.spec import DEFAULT_DATASET, DEFAULT_MODEL
 from tunedeck_jobs import dispatch
@@ -27,10 +25,6 @@ from tunedeck_state.db import get_session
 from tunedeck_state.models import Run, RunStatus
 from tunedeck_state.settings import get_settings
 from tunedeck_state.source_checks import SpecRefused
-
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
-templates = Jinja2Blocks(directory=str(TEMPLATES_DIR))
-formatting.register(templates.env)
 
 router = APIRouter(include_in_schema=False)
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from app.services import sweeps as sweep_service
 from app.services.sweeps import SweepInvalid, SweepRequest
 from app.web.api_compare import parse_run_ids
-from app.web.pages import templates
+from app.web.templating import templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from tunedeck_state import runs as run_service
 from tunedeck_state.db import get_session

@@ -226,7 +226,7 @@ router = APIRouter(include_in_schema=False)
 
 
 def _login_page(request: Request, next_path: str, error: str | None = None, code: int = 200) -> Response:
-    from app.web.pages import templates
+    from app.web.templating import templates
 
     context = {"next": safe_next(next_path), "error": error, "token_required": bool(get_settings().api_token)}
     return templates.TemplateResponse(request, "login.html", context, status_code=code)

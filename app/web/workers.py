@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from app.web.pages import templates
+from app.web.templating import templates
 from tunedeck_state import workers as worker_service
 from tunedeck_state.db import get_session
 from tunedeck_state.settings import get_settings
