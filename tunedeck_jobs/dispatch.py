@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from sqlalchemy.orm import Session
 
@@ -67,17 +68,17 @@ def commit_and_enqueue(session: Session, runs: Sequence[Run]) -> None:
     unsent: list[tuple[int, str]] = []
     for run in runs:
         placement = placement_service.Placement(run.queue or TRAINING_QUEUE, run.priority)
-        sent(
-            lambda run=run, placement=placement: send_training(run.id, run.attempt, placement),
-            "run",
-            lambda reason, run_id=run.id: unsent.append((run_id, reason)),
-        )
+        sent(partial(send_training, run.id, run.attempt, placement), "run", partial(_note_unsent, unsent, run.id))
     if unsent:
         for run_id, reason in unsent:
             run_service.fail_queued(session, run_id, reason)
         session.commit()
         for run in runs:
             session.refresh(run)
+
+
+def _note_unsent(unsent: list[tuple[int, str]], run_id: int, reason: str) -> None:
+    unsent.append((run_id, reason))
 
 
 def enqueue_attempts(attempts: Sequence[lifecycle.Attempt]) -> None:

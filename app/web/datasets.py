@@ -19,6 +19,7 @@ from runspec.datasets import FORMAT_HELP, DatasetFormat, PromptTemplate, format_
 from runspec.sources import SourceRefused
 from tunedeck_jobs.names import INSPECT_DATASET_TASK, PREVIEW_DATASET_TASK
 from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker
+from tunedeck_state import dataset_registry
 from tunedeck_state.db import get_session
 from tunedeck_state.models import Dataset, Run
 from tunedeck_state.settings import get_settings
@@ -117,7 +118,7 @@ def upload(
         code = status.HTTP_422_UNPROCESSABLE_CONTENT if isinstance(exc, WorkerRefused) else 503
         reason = str(exc).replace(str(stored.path), dataset_service.display_name(filename))
         raise HTTPException(code, reason) from None
-    dataset = dataset_service.register(
+    dataset = dataset_registry.register(
         session,
         name=(name or "").strip() or dataset_service.display_name(filename),
         kind="upload",
@@ -168,7 +169,7 @@ def register_dataset(request: RegisterRequest, session: SessionDep) -> Any:
         config=request.config,
         split=request.split,
     )
-    existing = dataset_service.find_registered(session, spec)
+    existing = dataset_registry.find_registered(session, spec)
     if existing is not None:
         return _out(existing)
     try:
@@ -179,7 +180,7 @@ def register_dataset(request: RegisterRequest, session: SessionDep) -> Any:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     local = resolved.kind == "local"
     path = Path(resolved.location)
-    dataset = dataset_service.register(
+    dataset = dataset_registry.register(
         session,
         name=request.name or (path.name if local else request.source),
         kind=resolved.kind,
