@@ -24,7 +24,7 @@ each variant's own). Tokens/s is the median over the timed repetitions (all at s
 ratios within each repetition. More seeds (`--loss-seeds`) give the held-out loss's spread: per learned token on
 64 rows never trained on, computed after training by the same code for every variant.
 
-Data: `worker.training.demo_data.generate_instruction_records` (alpaca rows whose lengths vary like real
+Data: `tunedeck_demo.demo_data.generate_instruction_records` (alpaca rows whose lengths vary like real
 instruction data), 4 × batch × steps rows, so a run is exactly one of transformers' length-grouping mega-batches
 (here `steps` batches; on real data sets it is 50 batches, a wider window that groups better).
 
@@ -169,8 +169,8 @@ class Measured:
 
 def prepare(device: str, steps: int, batch_size: int, max_length: int, hidden: int, layers: int) -> Setup:
     """The tokenizer and model (tiny Bloom on the CPU, a course-sized one on a GPU) and the data files."""
-    from worker.training.demo_assets import prepare_demo_assets
-    from worker.training.demo_data import generate_instruction_records
+    from tunedeck_demo.demo_assets import prepare_demo_assets
+    from tunedeck_demo.demo_data import generate_instruction_records
 
     assets = prepare_demo_assets(CACHE, arch="bloom", hidden_size=hidden, num_layers=layers, num_heads=4)
     model_dir, label = assets.model_dir, f"Bloom hidden {hidden}, {layers} layers, 4 heads (random init)"
