@@ -3,7 +3,7 @@
 The baseline is what a user writes by hand following the course: load the model and tokenizer, tokenize with
 the course's `process_func` (the "Human: …\\n\\nAssistant: " template, prompt labels -100, cut at max_length),
 `DataCollatorForSeq2Seq(padding=True)`, transformers' `Trainer` (peft for LoRA and prompt tuning). tunedeck runs
-the same model, data, batch size, steps, learning rate and seed through `worker.training.run.train`, reporting
+the same model, data, batch size, steps, learning rate and seed through `worker.training.loop.train`, reporting
 through the real `DatabaseReporter` into a scratch SQLite database (the dashboard's path), in two variants:
 
 * **same settings**: `training.group_by_length=false`, `training.packing=off`,
@@ -64,7 +64,7 @@ HEADING = """## Training throughput against the course's recipe (`python -m benc
 
 The recipe a user writes by hand from the course (tokenize with its `process_func`,
 `DataCollatorForSeq2Seq(padding=True)`, transformers' `Trainer`, peft) against tunedeck's worker
-(`worker.training.run.train`, reporting through the real database reporter), with the same model, data, batch
+(`worker.training.loop.train`, reporting through the real database reporter), with the same model, data, batch
 size, steps, learning rate and seed: tunedeck with the recipe's batching (*same settings*:
 `group_by_length=false, packing=off, supervised_logits_only=false`) and with its defaults (*tuned*: batches
 grouped by length; packing only where `auto` finds it both correct and worth it; the vocabulary projection only
@@ -242,7 +242,7 @@ def check_same_samples(setup: Setup) -> None:
     from transformers import AutoTokenizer
 
     from runspec import RunSpec
-    from worker.training.run import prepare_data
+    from worker.training.loop import prepare_data
 
     tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
     spec = RunSpec.model_validate(
@@ -513,10 +513,10 @@ def run_tunedeck(
     database: ScratchDatabase,
     turns: Turns | None = None,
 ) -> Measured:
-    """tunedeck's worker: worker.training.run.train with the real DatabaseReporter (the dashboard's path)."""
+    """tunedeck's worker: worker.training.loop.train with the real DatabaseReporter (the dashboard's path)."""
     from runspec import RunSpec
     from worker.reporting import DatabaseReporter
-    from worker.training.run import train
+    from worker.training.loop import train
 
     if turns is not None:
         turns.start(variant)

@@ -22,9 +22,9 @@ from worker.celery_app import SERVICE_TASK_PREFIX, TRAIN_TASK, celery_app
 from worker.distributed_launch import DistributedFailure, train_distributed
 from worker.reporting import DatabaseReporter
 from worker.training.errors import TrainingError
+from worker.training.loading import set_policy as set_source_policy
+from worker.training.loop import train
 from worker.training.reporter import failures_logged
-from worker.training.run import train
-from worker.training.sources import set_policy as set_source_policy
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def inspect_model_task(model: str, method: dict[str, Any] | None = None) -> dict
     from pydantic import TypeAdapter
 
     from runspec import AnyMethod
-    from worker.training.inspect import inspect_model
+    from worker.training.model_inspect import inspect_model
 
     try:
         method_spec = TypeAdapter(AnyMethod).validate_python(method) if method else None
@@ -120,7 +120,7 @@ def check_method_task(model: str, method: dict[str, Any], training: dict[str, An
     from pydantic import TypeAdapter, ValidationError
 
     from runspec import AnyMethod, TrainingSpec
-    from worker.training.method_check import check_method
+    from worker.training.method_fit import check_method
 
     try:
         method_spec = TypeAdapter(AnyMethod).validate_python(method)
