@@ -12,8 +12,8 @@ NVML instead when pynvml is installed).
     python -m bench.gpu_memory --write BENCHMARKS.md  # and put the table into BENCHMARKS.md
     python -m bench.gpu_memory --cpu-smoke            # no GPU: a tiny Bloom, 2 steps, peak tracked on the CPU
 
-On a CPU the peak comes from worker.training.memory.LivePeak, which follows every tensor storage allocated while
-training (a dispatch mode and weak references): the quantity max_memory_allocated counts, for the CPU. It does not
+On a CPU the peak comes from worker.training.memory_measured.LivePeak, which follows every tensor storage allocated
+while training (a dispatch mode and weak references): the quantity max_memory_allocated counts, for the CPU. It does not
 see temporaries inside custom kernels (bitsandbytes de-quantizing a 4-bit weight), which a GPU's counter does.
 """
 
@@ -132,7 +132,7 @@ def _build(spec: Any, config: Any, device: str, checkpoint_dir: Path) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from worker.training.method_check import build_method
+    from worker.training.method_fit import build_method
 
     method = spec.method.resolved(spec.training)
     load_kwargs = method.model_load_kwargs()
@@ -157,8 +157,9 @@ def run_cell(cell: Cell, config_dict: dict[str, Any], device: str, batch: int, s
     from transformers import AutoConfig, PrinterCallback, Trainer, default_data_collator
 
     from runspec.estimate import estimate_memory
-    from worker.training.memory import MemoryProbe, memory_profile
-    from worker.training.run import training_arguments
+    from worker.training.loop import training_arguments
+    from worker.training.memory_measured import MemoryProbe
+    from worker.training.memory_profile import memory_profile
 
     started = time.perf_counter()
     config = AutoConfig.for_model(**config_dict)
@@ -195,11 +196,11 @@ def run_cell(cell: Cell, config_dict: dict[str, Any], device: str, batch: int, s
         torch.cuda.synchronize()
         cell.measured_bytes = int(torch.cuda.max_memory_allocated()) - baseline
         cell.reserved_bytes = int(torch.cuda.max_memory_reserved())
-        from worker.training.memory import nvml_used_bytes
+        from worker.training.memory_measured import nvml_used_bytes
 
         cell.nvml_bytes = nvml_used_bytes()
     else:
-        from worker.training.memory import LivePeak
+        from worker.training.memory_measured import LivePeak
 
         tracker = LivePeak()
         tracker.track_module(model)
@@ -226,7 +227,7 @@ def table(cells: list[Cell], device_label: str) -> str:
         + (
             "torch.cuda.max_memory_allocated"
             if "CPU" not in device_label
-            else "the peak of all live tensor storages on the CPU (worker.training.memory.LivePeak)"
+            else "the peak of all live tensor storages on the CPU (worker.training.memory_measured.LivePeak)"
         )
         + ".",
         "",

@@ -126,7 +126,7 @@ def run_stack(label: str, runs: int, database_url: str | None, broker_url: str |
     sys.path.insert(0, str(ROOT))
     from bench.load_submit import wait_for_service_worker
     from harness.stack import Stack, stack_env
-    from worker.training.demo_assets import prepare_demo_assets
+    from tunedeck_demo.demo_assets import prepare_demo_assets
 
     assets = prepare_demo_assets(
         ROOT / ".cache" / "test-assets", arch="bloom", hidden_size=64, num_layers=2, num_heads=4

@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     sys.path.insert(0, str(ROOT))
     from harness.stack import Stack, stack_env
-    from worker.training.demo_assets import prepare_demo_assets
+    from tunedeck_demo.demo_assets import prepare_demo_assets
 
     assets = prepare_demo_assets(
         ROOT / ".cache" / "test-assets", arch="bloom", hidden_size=64, num_layers=2, num_heads=4

@@ -4,8 +4,8 @@
     python -m bench.memory_table --write README.md
 
 Offline: the configs are bench/configs/*.json (written out from the models' published sizes); each model is
-built on the meta device by the worker's profiler (worker/training/memory.py) and runspec.estimate does the rest,
-exactly as POST /api/estimate does for a GPU worker (device "cuda", bf16 autocast, AdamW).
+built on the meta device by the worker's profiler (worker/training/memory_profile.py) and runspec.estimate does the
+rest, exactly as POST /api/estimate does for a GPU worker (device "cuda", bf16 autocast, AdamW).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def build_table() -> str:
 
     from runspec import RunSpec
     from runspec.estimate import estimate_memory
-    from worker.training.memory import memory_profile
+    from worker.training.memory_profile import memory_profile
 
     header = [
         "model",

@@ -3,7 +3,7 @@
 The baseline is what a user writes by hand following the course: load the model and tokenizer, tokenize with
 the course's `process_func` (the "Human: …\\n\\nAssistant: " template, prompt labels -100, cut at max_length),
 `DataCollatorForSeq2Seq(padding=True)`, transformers' `Trainer` (peft for LoRA and prompt tuning). tunedeck runs
-the same model, data, batch size, steps, learning rate and seed through `worker.training.run.train`, reporting
+the same model, data, batch size, steps, learning rate and seed through `worker.training.loop.train`, reporting
 through the real `DatabaseReporter` into a scratch SQLite database (the dashboard's path), in two variants:
 
 * **same settings**: `training.group_by_length=false`, `training.packing=off`,
@@ -24,7 +24,7 @@ each variant's own). Tokens/s is the median over the timed repetitions (all at s
 ratios within each repetition. More seeds (`--loss-seeds`) give the held-out loss's spread: per learned token on
 64 rows never trained on, computed after training by the same code for every variant.
 
-Data: `worker.training.demo_data.generate_instruction_records` (alpaca rows whose lengths vary like real
+Data: `tunedeck_demo.demo_data.generate_instruction_records` (alpaca rows whose lengths vary like real
 instruction data), 4 × batch × steps rows, so a run is exactly one of transformers' length-grouping mega-batches
 (here `steps` batches; on real data sets it is 50 batches, a wider window that groups better).
 
@@ -64,7 +64,7 @@ HEADING = """## Training throughput against the course's recipe (`python -m benc
 
 The recipe a user writes by hand from the course (tokenize with its `process_func`,
 `DataCollatorForSeq2Seq(padding=True)`, transformers' `Trainer`, peft) against tunedeck's worker
-(`worker.training.run.train`, reporting through the real database reporter), with the same model, data, batch
+(`worker.training.loop.train`, reporting through the real database reporter), with the same model, data, batch
 size, steps, learning rate and seed: tunedeck with the recipe's batching (*same settings*:
 `group_by_length=false, packing=off, supervised_logits_only=false`) and with its defaults (*tuned*: batches
 grouped by length; packing only where `auto` finds it both correct and worth it; the vocabulary projection only
@@ -169,8 +169,8 @@ class Measured:
 
 def prepare(device: str, steps: int, batch_size: int, max_length: int, hidden: int, layers: int) -> Setup:
     """The tokenizer and model (tiny Bloom on the CPU, a course-sized one on a GPU) and the data files."""
-    from worker.training.demo_assets import prepare_demo_assets
-    from worker.training.demo_data import generate_instruction_records
+    from tunedeck_demo.demo_assets import prepare_demo_assets
+    from tunedeck_demo.demo_data import generate_instruction_records
 
     assets = prepare_demo_assets(CACHE, arch="bloom", hidden_size=hidden, num_layers=layers, num_heads=4)
     model_dir, label = assets.model_dir, f"Bloom hidden {hidden}, {layers} layers, 4 heads (random init)"
@@ -242,7 +242,7 @@ def check_same_samples(setup: Setup) -> None:
     from transformers import AutoTokenizer
 
     from runspec import RunSpec
-    from worker.training.run import prepare_data
+    from worker.training.loop import prepare_data
 
     tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
     spec = RunSpec.model_validate(
@@ -513,10 +513,10 @@ def run_tunedeck(
     database: ScratchDatabase,
     turns: Turns | None = None,
 ) -> Measured:
-    """tunedeck's worker: worker.training.run.train with the real DatabaseReporter (the dashboard's path)."""
+    """tunedeck's worker: worker.training.loop.train with the real DatabaseReporter (the dashboard's path)."""
     from runspec import RunSpec
     from worker.reporting import DatabaseReporter
-    from worker.training.run import train
+    from worker.training.loop import train
 
     if turns is not None:
         turns.start(variant)

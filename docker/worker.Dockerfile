@@ -5,6 +5,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app app
 COPY runspec runspec
 COPY worker worker
+COPY tunedeck_demo tunedeck_demo
 COPY templates templates
 COPY migrations migrations
 # torch comes with the base image; ".[train]" adds transformers, peft, bitsandbytes, datasets, accelerate.

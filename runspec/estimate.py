@@ -1,7 +1,7 @@
 """How much memory a run needs, per component, with the formula behind each line (the course's 显存资源估算).
 
 Pure Python: the web process computes an estimate from a run spec and a worker's *memory profile* of the model
-(`worker/training/memory.py` builds the model on the meta device and reports its parameters by kind, dtype and
+(`worker/training/memory_profile.py` builds the model on the meta device and reports its parameters by kind, dtype and
 trainability, one decoder layer's shape, what the method adds). Nothing here imports torch.
 
 What is counted, in bytes (b = batch size, s = tokens per sample, h = hidden size, a = heads, L = layers,
@@ -158,7 +158,7 @@ class Quantization:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """A worker's memory profile, checked and typed (see worker/training/memory.py)."""
+    """A worker's memory profile, checked and typed (see worker/training/memory_profile.py)."""
 
     model_type: str
     architecture: str

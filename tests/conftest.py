@@ -24,21 +24,21 @@ REDIS_URL = os.environ.get("TUNEDECK_TEST_REDIS", "redis://127.0.0.1:6379/15")
 @pytest.fixture(scope="session")
 def tiny_assets() -> Any:
     """A Bloom of a few hundred thousand parameters and the bundled alpaca-style data."""
-    from worker.training.demo_assets import prepare_demo_assets
+    from tunedeck_demo.demo_assets import prepare_demo_assets
 
     return prepare_demo_assets(ASSETS_ROOT, arch="bloom", hidden_size=64, num_layers=2, num_heads=4)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_assets: Any) -> Any:
-    from worker.training.demo_assets import prepare_demo_assets
+    from tunedeck_demo.demo_assets import prepare_demo_assets
 
     return prepare_demo_assets(ASSETS_ROOT, arch="llama", hidden_size=64, num_layers=2, num_heads=4)
 
 
 @pytest.fixture(scope="session")
 def tiny_gpt2(tiny_assets: Any) -> Any:
-    from worker.training.demo_assets import prepare_demo_assets
+    from tunedeck_demo.demo_assets import prepare_demo_assets
 
     return prepare_demo_assets(ASSETS_ROOT, arch="gpt2", hidden_size=64, num_layers=2, num_heads=4)
 

@@ -1,6 +1,6 @@
 """Helpers for tests/test_methods.py: train one method in-process and check what it did to the model.
 
-`train_and_check` calls `worker.training.run.train` directly (no worker, no database) with an in-memory
+`train_and_check` calls `worker.training.loop.train` directly (no worker, no database) with an in-memory
 Reporter and a callback that snapshots every parameter when training starts and computes logits on a fixed
 padded batch when it ends. The checks then compare those against the model files on disk and the saved adapter.
 """
@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from runspec import RunSpec
 from runspec.methods.qlora import keep_training_layout
-from worker.training.run import TrainingResult, train
+from worker.training.loop import TrainingResult, train
 
 #: Substrings of the names of parameters (and buffers) peft adds; everything else belongs to the base model.
 ADAPTER_MARKERS = (

@@ -1,7 +1,7 @@
 """Batching defaults (training.group_by_length, training.packing, training.supervised_logits_only): what each
 method gets, and that it trains.
 
-Real training of the tiny models in-process (worker.training.run.train with an in-memory Reporter); a callback
+Real training of the tiny models in-process (worker.training.loop.train with an in-memory Reporter); a callback
 looks at the batches the Trainer's dataloader really produced and at a fixed held-out batch's loss.
 """
 
@@ -22,8 +22,8 @@ from tests.conftest import tiny_spec
 from tests.method_matrix import MemoryReporter
 from worker.training.batching import check_supervised_logits, plan_batching, plan_supervised_logits
 from worker.training.errors import TrainingError
-from worker.training.method_check import build_method
-from worker.training.run import train
+from worker.training.loop import train
+from worker.training.method_fit import build_method
 
 
 class BatchWatcher(TrainerCallback):

@@ -34,8 +34,8 @@ from runspec.estimate import (
 from tests.conftest import tiny_spec
 from tests.html import fragment_root, parse
 from worker.training.errors import TrainingError
-from worker.training.memory import memory_profile
-from worker.training.run import train
+from worker.training.loop import train
+from worker.training.memory_profile import memory_profile
 
 CONFIGS = ROOT / "bench" / "configs"
 HX = {"HX-Request": "true"}

@@ -111,6 +111,18 @@ def test_training_imports_only_the_ml_stack_and_the_run_spec() -> None:
     assert [f"{m} imports {t}" for m in modules_under("worker.training") for t in imports_of(m) if t in others] == []
 
 
+def test_training_modules_import_each_other_at_the_top() -> None:
+    """A function-local import inside worker/training would be a cycle in hiding."""
+    hidden = []
+    for module in modules_under("worker.training"):
+        tree = ast.parse(project_modules()[module].read_text())
+        for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)):
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("worker")):
+                    hidden.append(f"{module}:{node.lineno} imports {node.module} inside {function.name}()")
+    assert hidden == []
+
+
 def test_the_seam_and_the_state_sit_below_web_and_worker() -> None:
     assert _offending(("tunedeck_jobs",), ("app", "worker", "tunedeck_cli", *ML_MODULES, *WEB_MODULES)) == []
     state_forbidden = ("app", "worker", "tunedeck_jobs", "tunedeck_cli", *ML_MODULES, *WEB_MODULES, *QUEUE_MODULES)

@@ -1,6 +1,6 @@
 """Every fine-tuning method of the registry, proven by training (issue 3).
 
-* In-process matrix: `worker.training.run.train` trains each method on the tiny Bloom and Llama (and GPT-2 where
+* In-process matrix: `worker.training.loop.train` trains each method on the tiny Bloom and Llama (and GPT-2 where
   peft supports the method on its Conv1D layers) for 30 steps; the loss falls, frozen parameters stay bit-identical
   (and equal the checkpoint on disk where the method keeps the base as it is), the recorded trainable count is
   peft's, and the saved adapter reloads with PeftModel.from_pretrained to the logits of the trained model.
@@ -208,7 +208,7 @@ def test_adalora_reallocates_its_rank_budget(tiny_llama: Any, tmp_path: Path) ->
 def test_gpt2_refuses_what_peft_cannot_apply_to_conv1d(
     method: dict[str, Any], reason: str, tiny_gpt2: Any, tmp_path: Path
 ) -> None:
-    from worker.training.method_check import MethodRefused
+    from worker.training.method_fit import MethodRefused
 
     spec = _matrix_spec(tiny_gpt2, Case("refused", method, 1e-2))
     with pytest.raises(MethodRefused) as refused:
@@ -221,7 +221,7 @@ def test_gpt2_refuses_what_peft_cannot_apply_to_conv1d(
 def test_worker_refuses_missing_target_modules_with_the_submit_check_message(tiny_assets: Any, tmp_path: Path) -> None:
     """A run queued without the submit-time check (no service worker answered) fails at its start, same words."""
     from runspec import TrainingSpec
-    from worker.training.method_check import MethodRefused, check_method
+    from worker.training.method_fit import MethodRefused, check_method
 
     method = {"name": "ia3", "target_modules": ["query_key_value", "q_proj"], "feedforward_modules": ["q_proj"]}
     spec = _matrix_spec(tiny_assets, Case("missing", method, 1e-2))
@@ -246,7 +246,7 @@ def test_a_first_step_failure_is_reported_as_the_method_not_fitting() -> None:
 
     from runspec.methods.prefix_tuning import PrefixTuningSpec
     from worker.training.errors import TrainingError
-    from worker.training.method_check import first_step_failure
+    from worker.training.method_fit import first_step_failure
 
     model = SimpleNamespace(config=SimpleNamespace(model_type="mamba"))
     failure = first_step_failure(TypeError("'MambaCache' object is not subscriptable"), PrefixTuningSpec(), model)

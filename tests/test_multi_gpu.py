@@ -101,7 +101,7 @@ def test_the_memory_estimate_is_per_gpu() -> None:
     from transformers import AutoConfig
 
     from runspec.estimate import estimate_memory
-    from worker.training.memory import memory_profile
+    from worker.training.memory_profile import memory_profile
 
     config = AutoConfig.for_model(
         "llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, vocab_size=1000

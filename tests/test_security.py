@@ -378,10 +378,10 @@ def test_model_folder_asking_for_custom_code_is_refused(sqlite_stack: Stack, tin
 def test_worker_refuses_custom_code_itself(tiny_assets: Any, tmp_path: Path) -> None:
     """The worker's own check (should a folder change after submission): nothing of the folder's code runs."""
     from runspec import RunSpec
-    from worker.training import sources
+    from worker.training import loading as sources
     from worker.training.errors import TrainingError
-    from worker.training.inspect import inspect_model
-    from worker.training.run import load_base_model, load_tokenizer
+    from worker.training.loading import load_base_model, load_tokenizer
+    from worker.training.model_inspect import inspect_model
 
     marker = tmp_path / "ran.txt"
     folder = custom_code_model(tiny_assets, tmp_path / "evil-model", marker)
@@ -402,7 +402,7 @@ def test_worker_refuses_custom_code_itself(tiny_assets: Any, tmp_path: Path) -> 
 
 def test_remote_code_only_for_allow_listed_hub_ids_at_a_pinned_commit() -> None:
     from tunedeck_state.settings import Settings
-    from worker.training.sources import model_load_kwargs
+    from worker.training.loading import model_load_kwargs
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     policy = SourcePolicy(data_roots=(ROOT,), remote_code=parse_remote_code_allowlist(f"org/custom@{commit}"))
@@ -418,7 +418,7 @@ def test_remote_code_only_for_allow_listed_hub_ids_at_a_pinned_commit() -> None:
 
 def test_a_hub_model_that_needs_its_own_code_fails_with_the_way_out() -> None:
     """transformers refuses such a model (trust_remote_code=False); the run's reason says what to do instead."""
-    from worker.training.run import model_load_error
+    from worker.training.loading import model_load_error
 
     refusal = ValueError("The repository org/x contains custom code which must be executed ... trust_remote_code=True")
     message = model_load_error("org/x", refusal)
@@ -454,7 +454,7 @@ def test_links_out_of_the_data_roots_are_refused(sqlite_stack: Stack, tiny_asset
 
 def test_worker_refuses_paths_outside_its_roots_in_process(tiny_assets: Any, outside_dir: Path) -> None:
     from runspec import DatasetSpec
-    from worker.training import sources
+    from worker.training import loading as sources
     from worker.training.data import load_rows
     from worker.training.errors import TrainingError
 

@@ -216,7 +216,7 @@ def wait(
 @demo_cli.command("prepare")
 def demo_prepare() -> None:
     """Build the tiny demo model and dataset under the data directory (once)."""
-    from worker.training.demo_assets import prepare_demo_assets
+    from tunedeck_demo.demo_assets import prepare_demo_assets
 
     assets = prepare_demo_assets(get_settings().demo_dir)
     typer.echo(f"demo model: {assets.model_dir}\ndemo data: {assets.dataset_path}")

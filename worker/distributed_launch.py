@@ -38,7 +38,7 @@ from worker.attempts import AttemptSetup
 from worker.reporting import DatabaseReporter
 from worker.training.distributed import FSDP_NEEDS_CUDA
 from worker.training.errors import TrainingError
-from worker.training.run import TrainingResult
+from worker.training.loop import TrainingResult
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from worker.distributed_launch import result_path, result_payload, write_result
 from worker.reporting import DatabaseReporter
 from worker.training.distributed import is_main_process, local_rank, rank
 from worker.training.errors import TrainingError
+from worker.training.loading import set_policy as set_source_policy
+from worker.training.loop import train
 from worker.training.reporter import failures_logged
-from worker.training.run import train
-from worker.training.sources import set_policy as set_source_policy
 
 log = logging.getLogger(__name__)
 

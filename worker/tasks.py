@@ -24,9 +24,9 @@ from worker.attempts import prepare_attempt
 from worker.distributed_launch import DistributedFailure, train_distributed
 from worker.reporting import DatabaseReporter
 from worker.training.errors import TrainingError
+from worker.training.loading import set_policy as set_source_policy
+from worker.training.loop import train
 from worker.training.reporter import failures_logged
-from worker.training.run import train
-from worker.training.sources import set_policy as set_source_policy
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def inspect_model_task(model: str, method: dict[str, Any] | None = None) -> dict
     from pydantic import TypeAdapter
 
     from runspec import AnyMethod
-    from worker.training.inspect import inspect_model
+    from worker.training.model_inspect import inspect_model
 
     try:
         method_spec = TypeAdapter(AnyMethod).validate_python(method) if method else None
@@ -122,7 +122,7 @@ def check_method_task(model: str, method: dict[str, Any], training: dict[str, An
     from pydantic import TypeAdapter, ValidationError
 
     from runspec import AnyMethod, TrainingSpec
-    from worker.training.method_check import check_method
+    from worker.training.method_fit import check_method
 
     try:
         method_spec = TypeAdapter(AnyMethod).validate_python(method)

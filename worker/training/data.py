@@ -10,7 +10,7 @@ from runspec import DatasetSpec
 from worker.training.errors import TrainingError
 from worker.training.formats import IGNORE_INDEX as IGNORE_INDEX
 from worker.training.formats import check_columns, drop_unlearned, file_sha256, tokenize_rows
-from worker.training.sources import looks_like_local_path, resolve_dataset
+from worker.training.loading import looks_like_local_path, resolve_dataset
 
 ALPACA_REQUIRED = ("instruction", "output")
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}

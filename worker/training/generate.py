@@ -23,8 +23,8 @@ from transformers import AutoModelForCausalLM
 from runspec.inference import GenerationSettings, Prompt
 from worker.training.data import format_prompt
 from worker.training.errors import TrainingError, first_line
+from worker.training.loading import load_tokenizer, model_load_error, resolve_model
 from worker.training.resources import has_cuda
-from worker.training.run import check_model_source, load_tokenizer, model_load_error
 
 Kind = Literal["adapter", "full", "base", "merged"]
 #: How a prompt is framed, as the run's data was: the course's "Human: …\n\nAssistant: " (`course`), the
@@ -140,7 +140,7 @@ def load_model(source: ModelSource) -> LoadedModel:
         _check_folder(source.adapter_dir, "adapter_config.json", "adapter")
     elif source.kind != "base":
         _check_folder(source.model, "config.json", "model")
-    check_model_source(source.model)
+    resolve_model(source.model)
     tokenizer = _load_tokenizer(source.adapter_or_model)
     kwargs: dict[str, Any] = {
         "trust_remote_code": False,
@@ -282,7 +282,7 @@ def merge_adapter(base_model: str, adapter_dir: str | Path, out_dir: Path) -> Me
 
     started = time.perf_counter()
     _check_folder(str(adapter_dir), "adapter_config.json", "adapter")
-    check_model_source(base_model)
+    resolve_model(base_model)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             base_model, dtype=torch.float32, trust_remote_code=False, use_safetensors=True

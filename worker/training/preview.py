@@ -17,6 +17,7 @@ from worker.training.formats import (
     row_turns,
     tokenize_rows,
 )
+from worker.training.loading import load_tokenizer
 
 #: Rows tokenized for the length histogram (the first ones); the preview says when it measured fewer.
 MEASURE_LIMIT = 20_000
@@ -38,8 +39,6 @@ def inspect_dataset(spec: DatasetSpec) -> dict[str, Any]:
 
 
 def preview_dataset(spec: DatasetSpec, model: str, max_length: int, rows: int = 5) -> dict[str, Any]:
-    from worker.training.run import load_tokenizer
-
     tokenizer = load_tokenizer(model)
     loaded = load_rows(spec)
     measured = loaded.select(range(min(len(loaded), MEASURE_LIMIT)))

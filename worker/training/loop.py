@@ -1,4 +1,9 @@
-"""Train one run: load the base model and data, let the method build the trainable model, run the Trainer."""
+"""The training loop: one run, top to bottom.
+
+`train` checks the worker can run the spec, loads the tokenizer, the data and the base model (loading.py), lets
+the method wrap the model (method_fit.py), builds the Trainer with its callbacks, trains, saves the adapter or
+model, and evaluates generation on held-out prompts. Running out of memory becomes a readable TrainingError.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     PrinterCallback,
     Trainer,
     TrainerCallback,
@@ -21,24 +24,24 @@ from transformers import (
     set_seed,
 )
 
-from runspec import RunSpec
-from runspec.sources import ResolvedSource
+from runspec import MethodSpec, RunSpec
 from worker.training.batching import Batching, plan_batching, plan_supervised_logits
 from worker.training.callbacks import ReporterCallback
 from worker.training.checkpoints import CheckpointMarkerCallback
 from worker.training.data import prepare_dataset, split_eval
 from worker.training.distributed import check_processes, describe, is_main_process, trainer_arguments, uses_fsdp
 from worker.training.environment import report_to, run_environment
-from worker.training.errors import TrainingError, first_line
+from worker.training.errors import TrainingError
 from worker.training.evaluate import report_generation_metrics
 from worker.training.formats import drop_unlearned
-from worker.training.memory import MemoryProbe, estimate_at_start
-from worker.training.method_check import build_method, check_device_needs, first_step_failure
+from worker.training.loading import count_parameters, load_base_model, load_tokenizer
+from worker.training.memory_measured import MemoryProbe
+from worker.training.memory_profile import estimate_at_start
+from worker.training.method_fit import build_method, check_device_needs, first_step_failure
 from worker.training.oom import describe_out_of_memory, free_memory, is_out_of_memory
 from worker.training.probe import record_probe
 from worker.training.reporter import Reporter
 from worker.training.resources import device_description, has_cuda
-from worker.training.sources import model_load_kwargs, remote_code_kwargs, resolve_model
 
 log = logging.getLogger("tunedeck.training")
 #: transformers 5.24 renamed TrainingArguments.gradient_checkpointing (the old name still works, with a warning).
@@ -99,50 +102,24 @@ def _train(
     run_dir.mkdir(parents=True, exist_ok=True)
     with _forward_logs_to(reporter):
         set_seed(spec.training.seed)
-        reporter.details(device_description())
-        check_device_needs(spec)  # a paged optimizer on a CPU-only worker: fail before loading anything
-        check_processes(spec)  # training.num_gpus processes (torchrun), FSDP only on CUDA
-        reporter.details(run_environment(spec))
+        _check_worker(spec, reporter)
 
         log.info("loading tokenizer and model %s", spec.model)
         tokenizer = load_tokenizer(spec.model)
         train_set, eval_set = prepare_data(spec, tokenizer, reporter)
         reporter.details({"train_samples": len(train_set), "eval_samples": len(eval_set) if eval_set else 0})
         log.info("data: %d training samples, %d held out", len(train_set), len(eval_set) if eval_set else 0)
-
         method = spec.method.resolved(spec.training)  # e.g. AdaLoRA's total_step from training.max_steps
         base_model = load_base_model(spec)
-        batching = plan_batching(spec, method, base_model)  # packing is checked on the base model itself
-        log.info(
-            "batches: %s, %s",
-            "grouped by length" if batching.group_by_length else "in random order",
-            "packed" if batching.packing else f"padded ({batching.reason})",
-        )
-        model = build_method(method, base_model, tokenizer)  # target modules checked: readable refusal
-        batching = plan_supervised_logits(spec, batching, model)  # checked on the wrapped model: virtual tokens
-        reporter.details({"batching": batching.details()})
-        log.info("logits: %s", batching.logits_reason)
-        trainable, total = count_parameters(model)
-        facts.update(trainable_params=trainable, total_params=total)
-        reporter.details(
-            {
-                "trainable_params": trainable,
-                "total_params": total,
-                "trainable_percent": 100.0 * trainable / total if total else 0.0,
-                "peft_config": resolved_peft_config(model),
-            }
-        )
-        log.info(
-            "trainable params: %d || all params: %d || trainable%%: %.4f",
-            trainable,
-            total,
-            100.0 * trainable / total if total else 0.0,
-        )
 
+        model, batching = _wrap_with_method(spec, method, base_model, tokenizer, reporter)
+        trainable, total = _report_parameters(model, reporter)
+        facts.update(trainable_params=trainable, total_params=total)
         _record_memory_estimate(spec, method, reporter, memory_estimate)
+
+        callback = ReporterCallback(reporter)
         # Bytes of parameters, gradients, optimizer state after the first step; peak memory at the end.
         memory_probe = MemoryProbe(lambda measured: reporter.details({"memory_measured": measured}))
-        callback = ReporterCallback(reporter)
         trainer = Trainer(
             model=model,
             args=training_arguments(spec, run_dir, has_eval=eval_set is not None, batching=batching),
@@ -159,48 +136,14 @@ def _train(
             ],
         )
         trainer.remove_callback(PrinterCallback)  # our callback writes the log
-        distributed = describe(spec)  # several processes (torchrun): rank 0 reports, saves and evaluates generation
-        if distributed:
-            reporter.details({"distributed": distributed})
-            log.info("data parallel: %(processes)d processes (%(strategy)s over %(backend)s)", distributed)
-        if resume_from is not None:
-            log.info("resuming from %s", resume_from.name)
-        log.info("training for %d steps", spec.training.max_steps)
-        try:
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        except Exception as exc:
-            failure = first_step_failure(exc, method, model) if trainer.state.global_step == 0 else None
-            if failure is None:
-                raise
-            raise failure from exc
+        _report_distributed(spec, reporter)
+
+        _fit(trainer, spec, method, model, resume_from)
         steps = trainer.state.global_step
         if eval_set is not None and not callback.cancelled and _needs_final_eval(trainer):
             trainer.evaluate()
-
-        artifact_dir = run_dir / ("adapter" if spec.method.is_peft else "model")
-        main = is_main_process()  # several processes (training.num_gpus): rank 0 writes, the others only train
-        if uses_fsdp(spec):
-            trainer.save_model(str(artifact_dir))  # every process: the shards gathered, rank 0 writes safetensors
-            record_probe(model, tokenizer, run_dir, write=main)  # a sharded forward needs every process too
-        elif main:
-            method.save(model, artifact_dir)  # PiSSA/OLoRA: converted to apply to the unchanged base
-            record_probe(model, tokenizer, run_dir)  # final logits on a fixed input, to check exports against
-        if main:
-            tokenizer.save_pretrained(artifact_dir)
-            (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False))
-            log.info("saved %s to %s", "adapter" if spec.method.is_peft else "model", artifact_dir)
-        if uses_fsdp(spec) and main and spec.training.eval_generation_samples:
-            log.info("generation metrics skipped: the model is sharded across processes (training.distributed=fsdp)")
-        elif main and not callback.cancelled:  # exact match, BLEU, ROUGE-L on held-out prompts
-            report_generation_metrics(
-                model,
-                tokenizer,
-                eval_set,
-                samples=spec.training.eval_generation_samples,
-                max_new_tokens=spec.training.eval_max_new_tokens,
-                step=steps,
-                reporter=reporter,
-            )
+        artifact_dir = _save(trainer, spec, method, model, tokenizer, run_dir)
+        _evaluate_generation(spec, model, tokenizer, eval_set, steps, reporter, cancelled=callback.cancelled)
 
     return TrainingResult(
         trainable_params=trainable,
@@ -214,10 +157,109 @@ def _train(
     )
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+def _check_worker(spec: RunSpec, reporter: Reporter) -> None:
+    """What this worker is, and whether it can run the spec at all: fail before loading anything."""
+    reporter.details(device_description())
+    check_device_needs(spec)  # a paged optimizer on a CPU-only worker
+    check_processes(spec)  # training.num_gpus processes (torchrun), FSDP only on CUDA
+    reporter.details(run_environment(spec))
 
 
-def _record_memory_estimate(spec: RunSpec, method: Any, reporter: Reporter, stored: Mapping[str, Any] | None) -> None:
+def _wrap_with_method(
+    spec: RunSpec, method: MethodSpec, base_model: Any, tokenizer: Any, reporter: Reporter
+) -> tuple[Any, Batching]:
+    """The trainable model the method builds on the base model, and how its batches are made."""
+    batching = plan_batching(spec, method, base_model)  # packing is checked on the base model itself
+    log.info(
+        "batches: %s, %s",
+        "grouped by length" if batching.group_by_length else "in random order",
+        "packed" if batching.packing else f"padded ({batching.reason})",
+    )
+    model = build_method(method, base_model, tokenizer)  # target modules checked: readable refusal
+    batching = plan_supervised_logits(spec, batching, model)  # checked on the wrapped model: virtual tokens
+    reporter.details({"batching": batching.details()})
+    log.info("logits: %s", batching.logits_reason)
+    return model, batching
+
+
+def _report_parameters(model: Any, reporter: Reporter) -> tuple[int, int]:
+    trainable, total = count_parameters(model)
+    percent = 100.0 * trainable / total if total else 0.0
+    reporter.details(
+        {
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainable_percent": percent,
+            "peft_config": resolved_peft_config(model),
+        }
+    )
+    log.info("trainable params: %d || all params: %d || trainable%%: %.4f", trainable, total, percent)
+    return trainable, total
+
+
+def _report_distributed(spec: RunSpec, reporter: Reporter) -> None:
+    distributed = describe(spec)  # several processes (torchrun): rank 0 reports, saves and evaluates generation
+    if distributed:
+        reporter.details({"distributed": distributed})
+        log.info("data parallel: %(processes)d processes (%(strategy)s over %(backend)s)", distributed)
+
+
+def _fit(trainer: Trainer, spec: RunSpec, method: MethodSpec, model: Any, resume_from: Path | None) -> None:
+    """`trainer.train`; an error before the first step finished says the method cannot train this model."""
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from.name)
+    log.info("training for %d steps", spec.training.max_steps)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except Exception as exc:
+        failure = first_step_failure(exc, method, model) if trainer.state.global_step == 0 else None
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def _save(trainer: Trainer, spec: RunSpec, method: MethodSpec, model: Any, tokenizer: Any, run_dir: Path) -> Path:
+    """The adapter (or full model), its tokenizer, the probe's logits and the spec; the folder they went to."""
+    artifact_dir = run_dir / ("adapter" if spec.method.is_peft else "model")
+    main = is_main_process()  # several processes (training.num_gpus): rank 0 writes, the others only train
+    if uses_fsdp(spec):
+        trainer.save_model(str(artifact_dir))  # every process: the shards gathered, rank 0 writes safetensors
+        record_probe(model, tokenizer, run_dir, write=main)  # a sharded forward needs every process too
+    elif main:
+        method.save(model, artifact_dir)  # PiSSA/OLoRA: converted to apply to the unchanged base
+        record_probe(model, tokenizer, run_dir)  # final logits on a fixed input, to check exports against
+    if main:
+        tokenizer.save_pretrained(artifact_dir)
+        (run_dir / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False))
+        log.info("saved %s to %s", "adapter" if spec.method.is_peft else "model", artifact_dir)
+    return artifact_dir
+
+
+def _evaluate_generation(
+    spec: RunSpec, model: Any, tokenizer: Any, eval_set: Any | None, steps: int, reporter: Reporter, *, cancelled: bool
+) -> None:
+    """Exact match, BLEU, ROUGE-L on held-out prompts, by rank 0 (skipped for a model sharded by FSDP)."""
+    if not is_main_process():
+        return
+    if uses_fsdp(spec) and spec.training.eval_generation_samples:
+        log.info("generation metrics skipped: the model is sharded across processes (training.distributed=fsdp)")
+        return
+    if cancelled:
+        return
+    report_generation_metrics(
+        model,
+        tokenizer,
+        eval_set,
+        samples=spec.training.eval_generation_samples,
+        max_new_tokens=spec.training.eval_max_new_tokens,
+        step=steps,
+        reporter=reporter,
+    )
+
+
+def _record_memory_estimate(
+    spec: RunSpec, method: MethodSpec, reporter: Reporter, stored: Mapping[str, Any] | None
+) -> None:
     """details.memory_estimate for this device when the submit-time one is missing; never fails the run."""
     try:
         estimate = estimate_at_start(spec, method, stored)
@@ -226,43 +268,6 @@ def _record_memory_estimate(spec: RunSpec, method: Any, reporter: Reporter, stor
         return
     if estimate is not None:
         reporter.details({"memory_estimate": estimate})
-
-
-def load_tokenizer(model_source: str) -> Any:
-    resolved = check_model_source(model_source)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved.location, **remote_code_kwargs(resolved))
-    except Exception as exc:
-        folder = Path(model_source).expanduser()
-        if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-            raise TrainingError(
-                f"model folder {model_source!r} has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])}); "
-                "save it next to the weights with tokenizer.save_pretrained(folder)"
-            ) from exc
-        raise TrainingError(model_load_error(model_source, exc)) from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_base_model(spec: RunSpec) -> Any:
-    resolved = check_model_source(spec.model)
-    if resolved.kind == "local" and not any(Path(resolved.location).glob("*.safetensors")):
-        raise TrainingError(
-            f"model folder {spec.model!r} has no .safetensors weights; tunedeck reads weights only from safetensors "
-            "files (a .bin or .pt file is a pickle, which can run code when loaded). Re-save the model with "
-            "save_pretrained (safetensors is the default)."
-        )
-    # safetensors only (never a pickle), trust_remote_code only for an allow-listed hub id at its pinned commit
-    kwargs: dict[str, Any] = {**model_load_kwargs(resolved), "dtype": torch.float32}
-    kwargs.update(spec.method.model_load_kwargs())
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.location, **kwargs)
-    except Exception as exc:
-        raise TrainingError(model_load_error(spec.model, exc)) from exc
-    if spec.training.gradient_checkpointing:
-        model.config.use_cache = False
-    return model
 
 
 def prepare_data(spec: RunSpec, tokenizer: Any, reporter: Reporter | None = None) -> tuple[Any, Any | None]:
@@ -279,16 +284,6 @@ def prepare_data(spec: RunSpec, tokenizer: Any, reporter: Reporter | None = None
             f"{spec.training.max_length} tokens; raise training.max_length"
         )
     return split_eval(tokenized, spec.dataset.eval_fraction, spec.training.seed)
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    """Trainable and total parameters, counted as peft's print_trainable_parameters counts them."""
-    if hasattr(model, "get_nb_trainable_parameters"):
-        trainable, total = model.get_nb_trainable_parameters()
-        return int(trainable), int(total)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, total
 
 
 def resolved_peft_config(model: Any) -> dict[str, Any] | None:
@@ -348,29 +343,6 @@ def eval_interval(spec: RunSpec) -> int:
 
 def _needs_final_eval(trainer: Trainer) -> bool:
     return trainer.state.global_step % int(trainer.args.eval_steps or 1) != 0
-
-
-def check_model_source(source: str) -> ResolvedSource:
-    """A hub id, or a model folder inside the worker's data roots that asks to run no code of its own.
-
-    TrainingError otherwise (a URL, a path outside the roots or through a link out of them, auto_map)."""
-    return resolve_model(source)
-
-
-def model_load_error(source: str, exc: BaseException) -> str:
-    reason = first_line(exc).rstrip(" .:")
-    if "trust_remote_code" in str(exc) or "custom code" in str(exc):
-        return (
-            f"model {source!r} needs its own code to load, which tunedeck does not run. Use a model whose "
-            "architecture transformers ships, or ask the operator to add it to TUNEDECK_REMOTE_CODE_ALLOWLIST "
-            "pinned to a commit (org/name@<40-hex commit>)."
-        )
-    if Path(source).expanduser().exists():
-        return f"could not load model from {source!r}: {reason}"
-    return (
-        f"could not load model {source!r} from the Hugging Face hub: {reason}. "
-        "Check the id and network access, or give a local folder."
-    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Memory: the facts the estimator needs about a model, and what a run really used.
+"""Memory profile: the facts the estimator needs about a model (what a run really used: memory_measured.py).
 
 `memory_profile` reads a model built on the meta device (no weights, no memory) as training would build it: every
 unique parameter grouped by kind (linear weights 4-bit quantization would replace, their biases, embeddings,
@@ -6,16 +6,12 @@ norms, lm_head, parameters the method added), dtype and trainability; the shape 
 method's peft config adds (virtual tokens, adapted modules). The arithmetic on these facts lives in
 `runspec.estimate`, which has no torch, so the web process can compute an estimate from a worker's answer.
 
-`MemoryProbe` is the Trainer callback that measures a run: the exact bytes of parameters, gradients and optimizer
-state after the first optimizer step, and at the end the peaks (CUDA allocator, NVML, process RSS).
+`estimate_at_start` is the estimate a run makes for its own worker's device when none was stored at submit time.
 """
 
 from __future__ import annotations
 
 import copy
-import resource
-import sys
-import weakref
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -23,10 +19,13 @@ from typing import Any
 import psutil
 import torch
 from torch import nn
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from runspec import MethodSpec
-from runspec.estimate import PROFILE_VERSION
+from runspec import MethodSpec, RunSpec
+from runspec.estimate import PROFILE_VERSION, estimate_memory
+from worker.training.loading import count_parameters, remote_code_kwargs, resolve_model
+from worker.training.memory_measured import LivePeak
+from worker.training.method_fit import build_method
 from worker.training.resources import has_cuda
 
 ATTENTION_WORDS = ("attn", "attention")
@@ -369,11 +368,6 @@ def memory_profile(
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Every fact `runspec.estimate` needs, from the model's config alone: built on the meta device."""
-    from transformers import AutoModelForCausalLM
-
-    from worker.training.method_check import build_method
-    from worker.training.run import count_parameters
-
     load, dtype = load_facts(method, default_dtype)
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, dtype=dtype)
@@ -429,178 +423,13 @@ def device_capacity() -> dict[str, Any]:
     return {"kind": "cpu", "name": "CPU", "memory_bytes": int(psutil.virtual_memory().total)}
 
 
-# -- what a run really used -----------------------------------------------------------------------------------
-
-
-class LivePeak:
-    """torch.cuda.max_memory_allocated for CPU tensors: the bytes of every tensor storage alive at once, followed
-    through a dispatch mode (each op's outputs) and weak references (a storage freed). No allocator rounding."""
-
-    def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_map_only
-        from torch.utils.weak import WeakIdKeyDictionary
-
-        self.current = 0
-        self.peak = 0
-        self._sizes: Any = WeakIdKeyDictionary()
-        tracker = self
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-                out = func(*args, **(kwargs or {}))
-                tree_map_only(torch.Tensor, tracker.track, out)
-                return out
-
-        self._mode = _Mode()
-
-    def track(self, tensor: torch.Tensor) -> None:
-        if tensor.device.type != "cpu" or tensor.is_meta:
-            return
-        storage = tensor.untyped_storage()
-        if storage in self._sizes:
-            return
-        size = storage.nbytes()
-        self._sizes[storage] = size
-        self.current += size
-        self.peak = max(self.peak, self.current)
-        weakref.finalize(storage, self._release, size)
-
-    def _release(self, size: int) -> None:
-        self.current -= size
-
-    def track_module(self, module: nn.Module) -> None:
-        """Count what already exists: parameters, buffers and 4-bit weights' quantization constants."""
-        params = [*module.parameters(), *module.buffers()]
-        for tensor in [*params, *_quantization_constants(params)]:
-            self.track(tensor)
-
-    def __enter__(self) -> LivePeak:
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._mode.__exit__(*exc)
-
-
-def _unique_bytes(tensors: Any) -> int:
-    seen: dict[tuple[str, int], int] = {}
-    for tensor in tensors:
-        if not isinstance(tensor, torch.Tensor) or tensor.is_meta:
-            continue
-        storage = tensor.untyped_storage()
-        key = (str(tensor.device), storage.data_ptr())
-        if key[1] == 0:  # empty storages share address 0
-            key = (key[0], id(tensor))
-        seen[key] = storage.nbytes()
-    return sum(seen.values())
-
-
-def state_bytes(model: nn.Module, optimizer: Any) -> dict[str, int]:
-    """Exact bytes held by parameters, gradients and optimizer state (shared storage counted once)."""
-    params = list(model.parameters())
-    inner = getattr(optimizer, "optimizer", optimizer)
-    optimizer_tensors = [
-        value for state in getattr(inner, "state", {}).values() for value in state.values() if torch.is_tensor(value)
-    ]
-    trainable = [p for p in params if p.requires_grad]
-    return {
-        # 4-bit weights (bitsandbytes Params4bit) keep their quantization constants beside the packed values
-        "params_bytes": _unique_bytes([*params, *_quantization_constants(params)]),
-        "buffers_bytes": _unique_bytes(list(model.buffers())),
-        "trainable_bytes": _unique_bytes(trainable),
-        "grads_bytes": _unique_bytes(p.grad for p in params if p.grad is not None),
-        "optimizer_bytes": _unique_bytes(optimizer_tensors),
-        "trainable_params": sum(p.numel() for p in {id(p): p for p in trainable}.values()),
-    }
-
-
-def _quantization_constants(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    constants: list[torch.Tensor] = []
-    for param in params:
-        state = getattr(param, "quant_state", None)
-        while state is not None:
-            constants.extend(value for value in vars(state).values() if torch.is_tensor(value))
-            state = getattr(state, "state2", None)
-    return constants
-
-
-def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def nvml_used_bytes() -> int | None:
-    """Device memory in use as the driver sees it (includes paged optimizer state and the CUDA context)."""
-    try:
-        import pynvml  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        index = torch.cuda.current_device()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        used = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        pynvml.nvmlShutdown()
-        return used
-    except Exception:  # NVML missing or not permitted: the PyTorch counters still stand
-        return None
-
-
-def peaks() -> dict[str, Any]:
-    if has_cuda():
-        return {
-            "device": "cuda",
-            "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated()),
-            "cuda_max_reserved_bytes": int(torch.cuda.max_memory_reserved()),
-            "nvml_used_bytes": nvml_used_bytes(),
-            "peak_rss_bytes": peak_rss_bytes(),
-        }
-    return {"device": "cpu", "peak_rss_bytes": peak_rss_bytes()}
-
-
-class MemoryProbe(TrainerCallback):
-    """Measures state bytes right after the first optimizer step (before gradients are cleared) and the peaks."""
-
-    def __init__(self, report: Any) -> None:
-        self.report = report
-        self.measured: dict[str, Any] = {}
-
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-        if has_cuda():
-            torch.cuda.reset_peak_memory_stats()
-
-    def on_optimizer_step(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        if "params_bytes" in self.measured or kwargs.get("model") is None:
-            return
-        self.measured.update(state_bytes(kwargs["model"], kwargs.get("optimizer")))
-        self.measured["measured_at"] = "after the first optimizer step"
-        self.measured.update(peaks())
-        self.report(dict(self.measured))
-
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
-        if "params_bytes" not in self.measured:
-            return
-        self.measured.update(peaks())
-        self.measured["steps"] = state.global_step
-        self.report(dict(self.measured))
-
-
-def estimate_at_start(spec: Any, method: MethodSpec, stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def estimate_at_start(spec: RunSpec, method: MethodSpec, stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The run's estimate for this worker's device, when none was stored at submit time (no worker answered)
     or the stored one was made for another kind of device. None: the stored one stands."""
-    from transformers import AutoConfig
-
-    from runspec.estimate import estimate_memory
-    from worker.training.run import check_model_source
-    from worker.training.sources import remote_code_kwargs
-
     capacity = device_capacity()
     if stored and stored.get("device") == capacity["kind"]:
         return None
-    resolved = check_model_source(spec.model)
+    resolved = resolve_model(spec.model)
     config = AutoConfig.from_pretrained(resolved.location, **remote_code_kwargs(resolved))
     profile = memory_profile(config, method, trust_remote_code=resolved.trust_remote_code)
     estimate = estimate_memory(

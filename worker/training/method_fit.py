@@ -16,7 +16,9 @@ from runspec import MethodSpec, RunSpec, TrainingSpec
 from runspec.methods import MethodNotApplicable
 from runspec.methods.base import ALL_LINEAR, peft_targets
 from runspec.spec import CUDA_ONLY_OPTIMIZERS
-from worker.training.errors import TrainingError
+from worker.training.errors import TrainingError, first_line
+from worker.training.loading import build_on_meta, load_config, resolve_model
+from worker.training.oom import is_out_of_memory
 from worker.training.resources import has_cuda
 
 log = logging.getLogger("tunedeck.training")
@@ -102,8 +104,6 @@ def build_method(method: MethodSpec, model: Any, tokenizer: Any) -> Any:
     except MethodNotApplicable as exc:
         raise MethodRefused({"method": f"{method.label} cannot be applied to this {kind} model: {exc}"}) from exc
     except Exception as exc:
-        from worker.training.oom import is_out_of_memory
-
         if is_out_of_memory(exc):
             raise
         log.info("building %s failed", method.name, exc_info=True)
@@ -139,8 +139,6 @@ def first_step_failure(exc: BaseException, method: MethodSpec, model: Any) -> Tr
     """A readable TrainingError for an exception raised before the first optimizer step finished: the method
     and model do not work together (e.g. a cache format peft's prefix tuning cannot extend). None for errors
     that explain themselves (TrainingError, out of memory)."""
-    from worker.training.oom import is_out_of_memory
-
     if isinstance(exc, TrainingError) or is_out_of_memory(exc):
         return None
     log.error("the first training step failed", exc_info=exc)
@@ -153,14 +151,11 @@ def first_step_failure(exc: BaseException, method: MethodSpec, model: Any) -> Tr
 def check_method(model_source: str, method: MethodSpec, training: TrainingSpec | None = None) -> dict[str, Any]:
     """The service task's answer: {"checked": True, "problems": {...}}, or {"checked": False, "reason": ...} when
     the model's config cannot be read here (the training reports that itself; the submit is not blocked)."""
-    from worker.training.inspect import build_on_meta, load_config
-    from worker.training.run import check_model_source
-
     if not method.is_peft:
         return {"checked": True, "problems": {}}
     try:
         config = load_config(model_source)
-        model = build_on_meta(config, trust_remote_code=check_model_source(model_source).trust_remote_code)
+        model = build_on_meta(config, trust_remote_code=resolve_model(model_source).trust_remote_code)
     except Exception as exc:  # unreadable here (or not buildable on the meta device): the training will tell
         return {"checked": False, "reason": f"{type(exc).__name__}: {_first_line(exc)}", "problems": {}}
     resolved = method.resolved(training or TrainingSpec())
@@ -183,5 +178,4 @@ def _listed(names: list[str]) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500].rstrip(" .:")
+    return first_line(exc).rstrip(" .:")

@@ -3,7 +3,7 @@
 The worker normally fine-tunes models from the Hugging Face hub. For demos, tests and benchmarks on
 machines without network access, this module builds everything locally in a few seconds:
 
-* the synthetic bilingual alpaca dataset from :mod:`worker.training.demo_data`,
+* the synthetic bilingual alpaca dataset from :mod:`tunedeck_demo.demo_data`,
 * a small byte-level BPE tokenizer trained on it (any Chinese or English text encodes without unknown
   tokens), saved as a ``transformers`` fast tokenizer,
 * a randomly initialised model of a real architecture (Bloom, Llama or GPT-2), saved with
@@ -36,7 +36,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from worker.training.demo_data import write_demo_dataset
+from tunedeck_demo.demo_data import write_demo_dataset
 
 __all__ = [
     "DEFAULT_ARCH",

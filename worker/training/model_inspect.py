@@ -10,14 +10,11 @@ from collections import Counter
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from runspec import MethodSpec, TrainingSpec
-from worker.training.errors import TrainingError
-from worker.training.memory import device_capacity, memory_profile
-from worker.training.method_check import build_method
-from worker.training.run import check_model_source, count_parameters, model_load_error
-from worker.training.sources import remote_code_kwargs
+from worker.training.loading import build_on_meta, count_parameters, load_config, resolve_model
+from worker.training.memory_profile import device_capacity, memory_profile
+from worker.training.method_fit import build_method
 
 CONFIG_KEYS = (
     "model_type",
@@ -33,19 +30,6 @@ CONFIG_KEYS = (
     "max_position_embeddings",
     "tie_word_embeddings",
 )
-
-
-def load_config(model_source: str) -> Any:
-    resolved = check_model_source(model_source)  # URL, outside the data roots, auto_map: refused
-    try:
-        return AutoConfig.from_pretrained(resolved.location, **remote_code_kwargs(resolved))
-    except Exception as exc:
-        raise TrainingError(model_load_error(model_source, exc)) from exc
-
-
-def build_on_meta(config: Any, trust_remote_code: bool = False) -> Any:
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def leaf_module_names(model: Any) -> list[str]:
@@ -65,7 +49,7 @@ def linear_module_names(model: Any) -> list[str]:
 
 def inspect_model(model_source: str, method: MethodSpec | None = None) -> dict[str, Any]:
     config = load_config(model_source)
-    model = build_on_meta(config, trust_remote_code=check_model_source(model_source).trust_remote_code)
+    model = build_on_meta(config, trust_remote_code=resolve_model(model_source).trust_remote_code)
     total = sum(p.numel() for p in model.parameters())
     dtypes = Counter(str(p.dtype).removeprefix("torch.") for p in model.parameters())
     answer: dict[str, Any] = {
@@ -90,7 +74,7 @@ def inspect_model(model_source: str, method: MethodSpec | None = None) -> dict[s
 def _memory_facts(model_source: str, config: Any, method: MethodSpec) -> dict[str, Any]:
     """The memory profile runspec.estimate works from, or why there is none (never fails the inspection)."""
     try:
-        trust = check_model_source(model_source).trust_remote_code
+        trust = resolve_model(model_source).trust_remote_code
         return {"memory_profile": memory_profile(config, method, trust_remote_code=trust)}
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
