@@ -29,7 +29,6 @@ def _tmp_is_a_data_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     """Training code reads local files only inside the data roots: let these tests' temporary files in."""
     from harness.stack import ROOT
     from runspec.sources import SourcePolicy
-    from harness.stack import ROOT
     from worker.training import loading as sources
 
     previous = sources._policy

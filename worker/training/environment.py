@@ -99,7 +99,7 @@ def report_to(spec: RunSpec, run_dir: Path) -> list[str]:
         "mlflow": integration_utils.is_mlflow_available,
         "wandb": integration_utils.is_wandb_available,
     }
-    wanted = list(dict.fromkeys(spec.training.report_to))
+    wanted: list[str] = list(dict.fromkeys(spec.training.report_to))
     missing = [name for name in wanted if not checks[name]()]
     if missing:
         packages = " ".join(TRACKERS[name] for name in missing)

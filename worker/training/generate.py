@@ -150,7 +150,7 @@ def load_model(source: ModelSource) -> LoadedModel:
     }
     quantized = "quantization_config" in source.load_kwargs
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.model, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(source.model, **kwargs)
     except Exception as exc:
         raise TrainingError(model_load_error(source.model, exc)) from exc
     if source.adapter_dir is not None:

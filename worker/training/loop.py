@@ -294,6 +294,10 @@ def resolved_peft_config(model: Any) -> dict[str, Any] | None:
     return json.loads(json.dumps(config.to_dict(), default=_jsonable))
 
 
+def _checkpointing_argument(on: bool) -> dict[str, Any]:
+    return {CHECKPOINTING_ARGUMENT: on}
+
+
 def training_arguments(
     spec: RunSpec, run_dir: Path, *, has_eval: bool, batching: Batching | None = None
 ) -> TrainingArguments:
@@ -326,7 +330,7 @@ def training_arguments(
         # A packed batch has no padding and no attention mask: every token counts.
         include_num_input_tokens_seen="all" if batching.packing else "non_padding",
         train_sampling_strategy=batching.sampling_strategy(),
-        **{CHECKPOINTING_ARGUMENT: t.gradient_checkpointing and not uses_fsdp(spec)},  # FSDP: its own way
+        **_checkpointing_argument(t.gradient_checkpointing and not uses_fsdp(spec)),  # FSDP: its own way
         bf16=bf16,
         fp16=t.precision == "fp16",
         use_cpu=not cuda,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import resource
 import sys
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -102,7 +103,7 @@ def state_bytes(model: nn.Module, optimizer: Any) -> dict[str, int]:
     }
 
 
-def _quantization_constants(params: list[torch.Tensor]) -> list[torch.Tensor]:
+def _quantization_constants(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     constants: list[torch.Tensor] = []
     for param in params:
         state = getattr(param, "quant_state", None)
@@ -120,7 +121,7 @@ def peak_rss_bytes() -> int:
 def nvml_used_bytes() -> int | None:
     """Device memory in use as the driver sees it (includes paged optimizer state and the CUDA context)."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         return None
     try:

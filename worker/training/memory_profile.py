@@ -50,7 +50,7 @@ def _is_linear(module: nn.Module) -> bool:
 
 def _linear_shape(module: nn.Module) -> tuple[int, int]:
     if type(module).__name__ == "Conv1D":  # GPT-2 stores the weight as (in, out)
-        rows, cols = module.weight.shape
+        rows, cols = module.get_parameter("weight").shape
         return int(rows), int(cols)
     if isinstance(module, nn.Embedding):
         return int(module.num_embeddings), int(module.embedding_dim)
@@ -76,11 +76,17 @@ def quantized_module_names(model: nn.Module, skip_modules: list[str] | None = No
     }
 
 
+def _embeddings(model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+    """The model's input and output embeddings (a transformers model has both; a bare module neither)."""
+    get_inputs = getattr(model, "get_input_embeddings", None)
+    get_outputs = getattr(model, "get_output_embeddings", None)
+    return (get_inputs() if callable(get_inputs) else None, get_outputs() if callable(get_outputs) else None)
+
+
 def classify_parameters(model: nn.Module, quantizable: set[str]) -> dict[int, tuple[str, bool]]:
     """{id(parameter): (kind, replaced by quantization)} for the base model, before a method wraps it."""
     kinds: dict[int, tuple[str, bool]] = {}
-    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    outputs = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    inputs, outputs = _embeddings(model)
     for name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
             if id(param) in kinds:
@@ -266,8 +272,7 @@ def model_dims(model: nn.Module, config: Any) -> dict[str, Any]:
     hidden = getattr(text, "hidden_size", None)
     heads = getattr(text, "num_attention_heads", None)
     head_dim = getattr(text, "head_dim", None) or (hidden // heads if hidden and heads else None)
-    outputs = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    inputs, outputs = _embeddings(model)
     vocab = getattr(text, "vocab_size", None)
     if outputs is not None:
         vocab = _linear_shape(outputs)[1]
