@@ -1,4 +1,4 @@
-"""Memory estimates in the web process: a worker profiles the model (no torch here), runspec.estimate does the sums.
+"""Memory estimates in the web process: a worker profiles the model (no torch here), runspec.memory does the sums.
 
 The profile of a (model, method) pair comes from the service task `tunedeck.service.inspect_model`, which builds
 the model on the meta device. Answers are kept in a small LRU cache, so the live estimate on the new-run form only
@@ -24,7 +24,10 @@ from app.services.worker_rpc import WorkerRefused, WorkerUnavailable, call_worke
 from app.services.workers import live_workers
 from app.settings import get_settings
 from runspec import METHODS, RunSpec
-from runspec.estimate import Estimate, EstimateError, estimate_memory, suggest, with_suggestion
+from runspec.memory.estimate import estimate_memory
+from runspec.memory.report import Estimate
+from runspec.memory.suggestions import suggest, with_suggestion
+from runspec.memory.units import EstimateError
 
 INSPECT_TASK = "tunedeck.service.inspect_model"
 CACHE_SIZE = 64

@@ -16,7 +16,9 @@ from app.services.estimates import FORM_TIMEOUT_SECONDS, EstimateUnavailable, es
 from app.web.forms import errors_by_field, fields_for, spec_from_form
 from app.web.pages import templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
-from runspec.estimate import GIB, Estimate, compare
+from runspec.memory.measured import compare
+from runspec.memory.report import Estimate
+from runspec.memory.units import GIB
 
 api_router = APIRouter(prefix="/api", tags=["api"])
 page_router = APIRouter(include_in_schema=False)

@@ -4,7 +4,7 @@
 unique parameter grouped by kind (linear weights 4-bit quantization would replace, their biases, embeddings,
 norms, lm_head, parameters the method added), dtype and trainability; the shape of one decoder layer; what the
 method's peft config adds (virtual tokens, adapted modules). The arithmetic on these facts lives in
-`runspec.estimate`, which has no torch, so the web process can compute an estimate from a worker's answer.
+`runspec.memory`, which has no torch, so the web process can compute an estimate from a worker's answer.
 
 `MemoryProbe` is the Trainer callback that measures a run: the exact bytes of parameters, gradients and optimizer
 state after the first optimizer step, and at the end the peaks (CUDA allocator, NVML, process RSS).
@@ -26,7 +26,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from runspec import MethodSpec
-from runspec.estimate import PROFILE_VERSION
+from runspec.memory.facts import PROFILE_VERSION
 from worker.training.resources import has_cuda
 
 ATTENTION_WORDS = ("attn", "attention")
@@ -368,7 +368,7 @@ def memory_profile(
     tokenizer: Any = None,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Every fact `runspec.estimate` needs, from the model's config alone: built on the meta device."""
+    """Every fact `runspec.memory` needs, from the model's config alone: built on the meta device."""
     from transformers import AutoModelForCausalLM
 
     from worker.training.method_check import build_method
@@ -593,7 +593,7 @@ def estimate_at_start(spec: Any, method: MethodSpec, stored: Mapping[str, Any] |
     or the stored one was made for another kind of device. None: the stored one stands."""
     from transformers import AutoConfig
 
-    from runspec.estimate import estimate_memory
+    from runspec.memory.estimate import estimate_memory
     from worker.training.run import check_model_source
     from worker.training.sources import remote_code_kwargs
 
