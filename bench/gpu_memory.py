@@ -5,7 +5,7 @@ bench/configs/, written out from their published sizes, random initialisation) �
 QLoRA × two sequence lengths × with and without gradient checkpointing. Each cell builds the model as the worker
 does (worker.training: the method's build, its TrainingArguments, the Trainer), trains a few optimizer steps on
 random token ids of exactly max_length tokens and compares `torch.cuda.max_memory_allocated` with the estimate's
-allocated peak (runspec.estimate; the framework-overhead line is outside PyTorch's counters and compared with
+allocated peak (runspec.memory; the framework-overhead line is outside PyTorch's counters and compared with
 NVML instead when pynvml is installed).
 
     python -m bench.gpu_memory                        # the GPU matrix (about 5 minutes on one H100)
@@ -156,7 +156,7 @@ def run_cell(cell: Cell, config_dict: dict[str, Any], device: str, batch: int, s
     import torch
     from transformers import AutoConfig, PrinterCallback, Trainer, default_data_collator
 
-    from runspec.estimate import estimate_memory
+    from runspec.memory.estimate import estimate_memory
     from worker.training.loop import training_arguments
     from worker.training.memory_measured import MemoryProbe
     from worker.training.memory_profile import memory_profile
@@ -223,7 +223,7 @@ def human(value: float | None) -> str:
 
 def table(cells: list[Cell], device_label: str) -> str:
     rows = [
-        f"Device: {device_label}. Estimate: runspec.estimate's allocated peak (no framework overhead); measured: "
+        f"Device: {device_label}. Estimate: runspec.memory's allocated peak (no framework overhead); measured: "
         + (
             "torch.cuda.max_memory_allocated"
             if "CPU" not in device_label

@@ -4,7 +4,7 @@
     python -m bench.memory_table --write README.md
 
 Offline: the configs are bench/configs/*.json (written out from the models' published sizes); each model is
-built on the meta device by the worker's profiler (worker/training/memory_profile.py) and runspec.estimate does the
+built on the meta device by the worker's profiler (worker/training/memory_profile.py) and runspec.memory does the
 rest, exactly as POST /api/estimate does for a GPU worker (device "cuda", bf16 autocast, AdamW).
 """
 
@@ -42,7 +42,7 @@ def build_table() -> str:
     from transformers import AutoConfig
 
     from runspec import RunSpec
-    from runspec.estimate import estimate_memory
+    from runspec.memory.estimate import estimate_memory
     from worker.training.memory_profile import memory_profile
 
     header = [
@@ -83,7 +83,7 @@ def build_table() -> str:
         "fused AdamW (`training.optim` default, which updates in place), "
         "no gradient checkpointing. The components are their full sizes and are not all resident at once: "
         "gradients are allocated during backward while activations are freed, so the peak is the largest moment "
-        "(*peak at*; see `runspec/estimate.py`). Prompt tuning adds its 8 virtual tokens to every sample "
+        "(*peak at*; see `runspec/memory/`). Prompt tuning adds its 8 virtual tokens to every sample "
         f"({LENGTH + 8} tokens).",
     ]
     return "\n".join(rows + notes)

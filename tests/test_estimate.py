@@ -1,4 +1,4 @@
-"""The memory estimate (runspec/estimate.py) against what training really holds, and where the product shows it.
+"""The memory estimate (runspec/memory/) against what training really holds, and where the product shows it.
 
 * every method on the tiny models, trained in-process for one step: the estimate's trainable count is peft's,
   and its parameters, gradients and optimizer state are within 2% of the bytes the worker measured;
@@ -21,16 +21,11 @@ from transformers import AutoConfig
 
 from harness.stack import ROOT, Stack
 from runspec import METHODS, RunSpec
-from runspec.estimate import (
-    GIB,
-    EstimateError,
-    ModelFacts,
-    Quantization,
-    apply_patch,
-    estimate_memory,
-    quantized_bytes,
-    suggest,
-)
+from runspec.memory.estimate import estimate_memory
+from runspec.memory.facts import ModelFacts, Quantization
+from runspec.memory.suggestions import apply_patch, suggest
+from runspec.memory.units import GIB, EstimateError
+from runspec.memory.weights import quantized_bytes
 from tests.conftest import tiny_spec
 from tests.html import fragment_root, parse
 from worker.training.errors import TrainingError

@@ -100,7 +100,7 @@ def test_the_memory_estimate_is_per_gpu() -> None:
     """DDP: every GPU holds what one GPU would, plus DDP's gradient buckets; FSDP: sharded states, 1/N each."""
     from transformers import AutoConfig
 
-    from runspec.estimate import estimate_memory
+    from runspec.memory.estimate import estimate_memory
     from worker.training.memory_profile import memory_profile
 
     config = AutoConfig.for_model(

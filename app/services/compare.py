@@ -375,7 +375,7 @@ def _int_at(details: Mapping[str, Any], section: str, *names: str) -> int | None
 
 
 def estimated_peak(details: Mapping[str, Any]) -> int | None:
-    """The memory estimate's total: what the device must hold (details.memory_estimate, runspec/estimate.py)."""
+    """The memory estimate's total: what the device must hold (details.memory_estimate, runspec/memory/)."""
     return _int_at(details, "memory_estimate", "total_peak_bytes", "allocated_peak_bytes")
 
 

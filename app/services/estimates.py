@@ -1,4 +1,4 @@
-"""Memory estimates in the web process: a worker profiles the model (no torch here), runspec.estimate does the sums.
+"""Memory estimates in the web process: a worker profiles the model (no torch here), runspec.memory does the sums.
 
 The profile of a (model, method) pair comes from the service task `tunedeck.service.inspect_model`, which builds
 the model on the meta device. Answers are kept in a small LRU cache, so the live estimate on the new-run form only
@@ -21,7 +21,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from runspec import METHODS, RunSpec
-from runspec.estimate import Estimate, EstimateError, estimate_memory, suggest, with_suggestion
+from runspec.memory.estimate import estimate_memory
+from runspec.memory.report import Estimate
+from runspec.memory.suggestions import suggest, with_suggestion
+from runspec.memory.units import EstimateError
 from tunedeck_jobs.names import INSPECT_MODEL_TASK, TRAINING_QUEUE
 from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker
 from tunedeck_state.settings import get_settings

@@ -14,7 +14,9 @@ from app.services.estimates import FORM_TIMEOUT_SECONDS, EstimateUnavailable, es
 from app.web.forms import errors_by_field, fields_for, spec_from_form
 from app.web.templating import templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
-from runspec.estimate import GIB, Estimate, compare
+from runspec.memory.measured import compare
+from runspec.memory.report import Estimate
+from runspec.memory.units import GIB
 from tunedeck_state import runs as run_service
 from tunedeck_state.db import get_session
 

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from runspec.memory.facts import ModelFacts, RunShape
+from runspec.memory.method_terms import MethodMemory, adapter_memory
 from runspec.methods.base import MethodSpec, ModuleList, peft_targets, target_modules_help
 
 if TYPE_CHECKING:
-    from runspec.estimate import MethodMemory, ModelFacts, RunShape
     from runspec.spec import TrainingSpec
 
 
@@ -80,8 +81,6 @@ class AdaLoraSpec(MethodSpec):
 
     def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
         """Memory estimate: LoRA's activations at the initial rank (dropout mask, input, rank-sized intermediate)."""
-        from runspec.estimate import adapter_memory
-
         return adapter_memory(model, run, label=f"{self.label} adapters", rank=self.init_r, dropout=self.lora_dropout)
 
     def build(self, model: Any, tokenizer: Any) -> Any:

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import AfterValidator, StringConstraints
 
 from runspec.base import StrictModel
+from runspec.memory.facts import ModelFacts, RunShape
+from runspec.memory.method_terms import MethodMemory, default_method_memory
 
 if TYPE_CHECKING:
-    from runspec.estimate import MethodMemory, ModelFacts, RunShape
     from runspec.spec import TrainingSpec
 
 
@@ -73,12 +74,10 @@ class MethodSpec(StrictModel):
         return self.model_dump(exclude={"name"})
 
     def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
-        """Optional hook for the memory estimate (runspec/estimate.py): activations this method keeps beyond the
+        """Optional hook for the memory estimate (runspec/memory/): activations this method keeps beyond the
         base model's, and notes. Parameter counts come from the built model; the default covers adapters
         beside linear layers (one input copy each) and nothing for other methods."""
-        from runspec.estimate import default_method_memory
-
-        return default_method_memory(self, model, run)
+        return default_method_memory(self.label, model, run)
 
 
 #: One module name as peft's target_modules matches it: a leaf name ("q_proj") or a dotted suffix ("mlp.c_proj").

@@ -6,14 +6,13 @@ start at 1, so training starts from the base model. Fewer trainable parameters t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from runspec.memory.facts import ModelFacts, RunShape
+from runspec.memory.method_terms import MethodMemory, ia3_memory
 from runspec.methods.base import MethodSpec, ModuleList, peft_targets, target_modules_help
-
-if TYPE_CHECKING:
-    from runspec.estimate import MethodMemory, ModelFacts, RunShape
 
 IA3_DEFAULT_TARGETS = "Bloom query_key_value,mlp.dense_4h_to_h, Llama k_proj,v_proj,down_proj, GPT-2 c_attn,mlp.c_proj"
 IA3_DEFAULT_FEEDFORWARD = "Bloom mlp.dense_4h_to_h, Llama down_proj, GPT-2 mlp.c_proj"
@@ -59,8 +58,6 @@ class IA3Spec(MethodSpec):
 
     def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
         """Memory estimate: the scaled input (feed-forward layers) or the output before scaling (the others)."""
-        from runspec.estimate import ia3_memory
-
         return ia3_memory(model, run, label=f"{self.label} scalings")
 
     def build(self, model: Any, tokenizer: Any) -> Any:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from runspec.memory.facts import ModelFacts, RunShape
+from runspec.memory.method_terms import MethodMemory, adapter_memory
 from runspec.methods.base import MethodNotApplicable, MethodSpec, ModuleList, peft_targets, target_modules_help
-
-if TYPE_CHECKING:
-    from runspec.estimate import MethodMemory, ModelFacts, RunShape
 
 #: Initialisations that change the base weights and so need converting when saved.
 MUTATING_INITS = ("pissa", "olora")
@@ -43,8 +42,6 @@ class LoraFamilySpec(MethodSpec):
 
     def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
         """Per adapted layer and token: the dropout mask, lora_A's input copy and the rank-r intermediate."""
-        from runspec.estimate import adapter_memory
-
         return adapter_memory(model, run, label=f"{self.label} adapters", rank=self.r, dropout=self.lora_dropout)
 
     def peft_config(self) -> Any:

@@ -7,14 +7,13 @@ layers, not for the Conv1D layers of GPT-2 style models.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from runspec.memory.facts import ModelFacts, RunShape
+from runspec.memory.method_terms import MethodMemory, delta_weight_memory
 from runspec.methods.base import MethodSpec, ModuleList, peft_targets, target_modules_help
-
-if TYPE_CHECKING:
-    from runspec.estimate import MethodMemory, ModelFacts, RunShape
 
 TARGETS_HELP = target_modules_help("Linear layers to adapt (peft supports nn.Linear, not GPT-2's Conv1D).")
 
@@ -46,8 +45,6 @@ class LoHaSpec(MethodSpec):
 
     def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
         """Memory estimate: each adapted layer builds its whole update ΔW every forward pass and keeps it."""
-        from runspec.estimate import delta_weight_memory
-
         return delta_weight_memory(model, run, label=f"{self.label} adapters")
 
     def build(self, model: Any, tokenizer: Any) -> Any:
@@ -96,8 +93,6 @@ class LoKrSpec(MethodSpec):
 
     def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
         """Memory estimate: each adapted layer builds its whole update ΔW every forward pass and keeps it."""
-        from runspec.estimate import delta_weight_memory
-
         return delta_weight_memory(model, run, label=f"{self.label} adapters")
 
     def build(self, model: Any, tokenizer: Any) -> Any:

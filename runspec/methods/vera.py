@@ -7,14 +7,13 @@ are trained per layer, so a high rank costs few parameters.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from runspec.memory.facts import ModelFacts, RunShape
+from runspec.memory.method_terms import MethodMemory, vera_memory
 from runspec.methods.base import MethodSpec, ModuleList, peft_targets, target_modules_help
-
-if TYPE_CHECKING:
-    from runspec.estimate import MethodMemory, ModelFacts, RunShape
 
 
 class VeraSpec(MethodSpec):
@@ -47,8 +46,6 @@ class VeraSpec(MethodSpec):
 
     def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
         """Memory estimate: the rank-r intermediate and the output per layer; autocast copies of the shared A, B."""
-        from runspec.estimate import vera_memory
-
         return vera_memory(model, run, label=f"{self.label} adapters", rank=self.r, dropout=self.vera_dropout)
 
     def build(self, model: Any, tokenizer: Any) -> Any:

@@ -4,7 +4,7 @@
 unique parameter grouped by kind (linear weights 4-bit quantization would replace, their biases, embeddings,
 norms, lm_head, parameters the method added), dtype and trainability; the shape of one decoder layer; what the
 method's peft config adds (virtual tokens, adapted modules). The arithmetic on these facts lives in
-`runspec.estimate`, which has no torch, so the web process can compute an estimate from a worker's answer.
+`runspec.memory`, which has no torch, so the web process can compute an estimate from a worker's answer.
 
 `estimate_at_start` is the estimate a run makes for its own worker's device when none was stored at submit time.
 """
@@ -22,7 +22,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from runspec import MethodSpec, RunSpec
-from runspec.estimate import PROFILE_VERSION, estimate_memory
+from runspec.memory.estimate import estimate_memory
+from runspec.memory.facts import PROFILE_VERSION
 from worker.training.loading import count_parameters, remote_code_kwargs, resolve_model
 from worker.training.memory_measured import LivePeak
 from worker.training.method_fit import build_method
@@ -372,7 +373,7 @@ def memory_profile(
     tokenizer: Any = None,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Every fact `runspec.estimate` needs, from the model's config alone: built on the meta device."""
+    """Every fact `runspec.memory` needs, from the model's config alone: built on the meta device."""
     load, dtype = load_facts(method, default_dtype)
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, dtype=dtype)

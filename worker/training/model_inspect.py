@@ -72,7 +72,7 @@ def inspect_model(model_source: str, method: MethodSpec | None = None) -> dict[s
 
 
 def _memory_facts(model_source: str, config: Any, method: MethodSpec) -> dict[str, Any]:
-    """The memory profile runspec.estimate works from, or why there is none (never fails the inspection)."""
+    """The memory profile runspec.memory works from, or why there is none (never fails the inspection)."""
     try:
         trust = resolve_model(model_source).trust_remote_code
         return {"memory_profile": memory_profile(config, method, trust_remote_code=trust)}

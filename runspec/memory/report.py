@@ -1,0 +1,54 @@
+"""What an estimate reports: its lines (one per component, with the formula behind it) and the whole `Estimate`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Line:
+    key: str
+    label: str
+    bytes: int  # the component's full size
+    formula: str
+    peak_bytes: int = 0  # how much of it is resident at the peak
+    parts: tuple[Line, ...] = ()
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    change: str
+    patch: dict[str, Any]
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: str
+    method: str
+    device: str
+    precision: str
+    batch_size: int
+    seq_len: int
+    lines: tuple[Line, ...]
+    peak_phase: str
+    allocated_peak_bytes: int  # what torch.cuda.max_memory_allocated should show (no overhead)
+    total_peak_bytes: int  # plus framework overhead: what the device must hold
+    trainable_params: int
+    total_params: int
+    device_memory_bytes: int | None = None
+    device_source: str | None = None
+    fits: bool | None = None
+    headroom_bytes: int | None = None
+    notes: tuple[str, ...] = ()
+    suggestion: Suggestion | None = None
+
+    def line(self, key: str) -> Line:
+        for line in self.lines:
+            if line.key == key:
+                return line
+        raise KeyError(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
