@@ -6,20 +6,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.services import datasets as dataset_service
+from app.web.deps import DatasetDep, SessionDep, load_dataset
 from runspec import DatasetSpec
 from runspec.base import StrictModel
 from runspec.datasets import FORMAT_HELP, DatasetFormat, PromptTemplate, format_columns
 from runspec.sources import SourceRefused
 from tunedeck_jobs.names import INSPECT_DATASET_TASK, PREVIEW_DATASET_TASK
 from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker
-from tunedeck_state.db import get_session
 from tunedeck_state.models import Dataset, Run
 from tunedeck_state.settings import get_settings
 
@@ -29,7 +29,6 @@ DEFAULT_PREVIEW_MAX_LENGTH = 512
 
 api_router = APIRouter(prefix="/api", tags=["datasets"])
 page_router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 class DatasetOut(BaseModel):
@@ -69,13 +68,6 @@ def _out(dataset: Dataset) -> dict[str, Any]:
 
 def _spec(dataset: Dataset) -> dict[str, Any]:
     return dataset_service.spec_section(dataset)
-
-
-def _dataset_or_404(session: Session, dataset_id: int) -> Dataset:
-    try:
-        return dataset_service.get_dataset(session, dataset_id)
-    except dataset_service.DatasetNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset_id} does not exist") from None
 
 
 def _inspect(spec: DatasetSpec) -> dict[str, Any]:
@@ -199,8 +191,8 @@ def list_datasets(session: SessionDep) -> Any:
 
 
 @api_router.get("/datasets/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: int, session: SessionDep) -> Any:
-    return _out(_dataset_or_404(session, dataset_id))
+def get_dataset(dataset: DatasetDep) -> Any:
+    return _out(dataset)
 
 
 def preview(
@@ -223,7 +215,7 @@ def preview_dataset(
 ) -> dict[str, Any]:
     """The first rows, each rendered as training sees it (`samples[].segments`: text runs, `learned` false for
     the masked prompt), and token lengths against max_length (`lengths.truncated`, `histogram`)."""
-    dataset = _dataset_or_404(session, dataset_id)
+    dataset = load_dataset(session, dataset_id)
     _check_model(model)
     try:
         answer = preview(dataset, model, template, max_length, rows)
@@ -297,8 +289,7 @@ def _default_model(session: Session, dataset: Dataset) -> str:
 
 
 @page_router.get("/datasets/{dataset_id}", response_class=HTMLResponse)
-def dataset_page(request: Request, dataset_id: int, session: SessionDep) -> Response:
-    dataset = _dataset_or_404(session, dataset_id)
+def dataset_page(request: Request, dataset: DatasetDep, session: SessionDep) -> Response:
     context = {
         "dataset": dataset,
         "spec": _spec(dataset),
@@ -321,7 +312,7 @@ def dataset_preview_fragment(
     max_length: int = DEFAULT_PREVIEW_MAX_LENGTH,
     rows: int = 5,
 ) -> Response:
-    dataset = _dataset_or_404(session, dataset_id)
+    dataset = load_dataset(session, dataset_id)
     form = {"model": model, "template": template, "max_length": max_length, "rows": rows}
     answer: dict[str, Any] | None = None
     error: str | None = None
