@@ -180,3 +180,15 @@ def test_web_process_imports_no_ml_stack() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_routes_leave_transactions_and_sessions_to_services_and_deps() -> None:
+    """Routes never commit (the service layer owns each unit of work); sessions come from app/web/deps.py only."""
+    found = []
+    for path in sorted((ROOT / "app" / "web").rglob("*.py")):
+        text = path.read_text()
+        if ".commit(" in text:
+            found.append(f"{path.name} commits")
+        if path.name != "deps.py" and ("Annotated[Session" in text or "Depends(get_session)" in text):
+            found.append(f"{path.name} declares its own session dependency")
+    assert found == []

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tunedeck_state.dataset_registry import display_name
+from tunedeck_state.dataset_registry import display_name, register
 from tunedeck_state.models import Dataset, Run
 
 UPLOAD_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
@@ -117,3 +117,10 @@ def runs_using(session: Session, dataset: Dataset, limit: int = 20) -> list[Run]
     """Runs whose spec trains on this dataset's source, newest first."""
     runs = session.scalars(select(Run).order_by(Run.id.desc()).limit(2000)).all()
     return [run for run in runs if ((run.spec or {}).get("dataset") or {}).get("source") == dataset.source][:limit]
+
+
+def keep(session: Session, **fields: Any) -> Dataset:
+    """Register a checked dataset (tunedeck_state.dataset_registry.register's fields) and commit it."""
+    dataset = register(session, **fields)
+    session.commit()
+    return dataset

@@ -4,34 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import Field
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
+from app.services import control
 from app.services.submit import submit_run
+from app.web.deps import RunDep, SessionDep, load_run
 from app.web.schemas import Health, LogLine, MetricSeries, RunDetail, RunList, RunOut
 from runspec import METHODS, AnyMethod, RunSpec
 from runspec.base import StrictModel
-from tunedeck_jobs import dispatch
 from tunedeck_jobs.names import INSPECT_MODEL_TASK
 from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker
 from tunedeck_state import runs as run_service
-from tunedeck_state.db import get_session
-from tunedeck_state.models import Run, RunStatus
+from tunedeck_state.models import RunStatus
 from tunedeck_state.settings import get_settings
 from tunedeck_state.source_checks import check_model_source
 
 router = APIRouter(prefix="/api", tags=["api"])
 SORT_PATTERN = f"^-?({'|'.join(run_service.RUN_SORTS)})$"
-SessionDep = Annotated[Session, Depends(get_session)]
-
-
-def _run_or_404(session: Session, run_id: int) -> Run:
-    try:
-        return run_service.get_run(session, run_id)
-    except run_service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist") from None
 
 
 @router.post("/runs", status_code=status.HTTP_201_CREATED, response_model=RunOut)
@@ -70,9 +61,9 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail)
-def get_run(run_id: int, session: SessionDep) -> Any:
+def get_run(run: RunDep) -> Any:
     """One run, with `events`: every status change with its time and reason."""
-    return _run_or_404(session, run_id)
+    return run
 
 
 @router.get("/runs/{run_id}/metrics", response_model=MetricSeries)
@@ -82,36 +73,35 @@ def get_metrics(
     key: Annotated[str | None, Query(max_length=64)] = None,
     after_step: Annotated[int | None, Query(ge=-1)] = None,
 ) -> Any:
-    _run_or_404(session, run_id)
+    load_run(session, run_id)
     return {"run_id": run_id, "series": run_service.metric_series(session, run_id, key=key, after_step=after_step)}
 
 
 @router.get("/runs/{run_id}/logs", response_model=list[LogLine])
 def get_logs(run_id: int, session: SessionDep, lines: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:
-    _run_or_404(session, run_id)
+    load_run(session, run_id)
     return run_service.log_tail(session, run_id, lines)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunOut)
-def cancel_run(run_id: int, session: SessionDep) -> Any:
-    _run_or_404(session, run_id)
+def cancel_run(run: RunDep, session: SessionDep) -> Any:
+    run_id = run.id
     try:
-        run = run_service.request_cancel(session, run_id)
+        run = control.cancel(session, run_id)
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    session.commit()
     return run
 
 
 @router.post("/runs/{run_id}/resume", response_model=RunDetail)
-def resume_run(run_id: int, session: SessionDep) -> Any:
+def resume_run(run: RunDep, session: SessionDep) -> Any:
     """Queue a failed or cancelled run again (attempt + 1); it continues from its last complete checkpoint."""
-    _run_or_404(session, run_id)
+    run_id = run.id
     try:
-        dispatch.resume(session, run_id)
+        control.resume(session, run_id)
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return _run_or_404(session, run_id)
+    return load_run(session, run_id)
 
 
 class InspectRequest(StrictModel):

@@ -5,16 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from app.services import compare as compare_service
 from app.services import sweeps as sweep_service
-from tunedeck_state.db import get_session
+from app.web.deps import SessionDep
 
 router = APIRouter(prefix="/api", tags=["compare"])
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def parse_run_ids(raw: str | list[str] | None) -> list[int]:

@@ -5,18 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
 from app.services import sweeps as sweep_service
 from app.services.sweeps import SweepInvalid, SweepRequest
-from tunedeck_state.db import get_session
+from app.web.deps import SessionDep, SweepDep
 from tunedeck_state.models import Sweep
 
 router = APIRouter(prefix="/api", tags=["sweeps"])
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 class SweepRunOut(BaseModel):
@@ -109,13 +107,6 @@ def invalid_response(exc: SweepInvalid) -> JSONResponse:
     )
 
 
-def _sweep_or_404(session: Session, sweep_id: int) -> Sweep:
-    try:
-        return sweep_service.get_sweep(session, sweep_id)
-    except sweep_service.SweepNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} does not exist") from None
-
-
 @router.post(
     "/sweeps",
     status_code=status.HTTP_201_CREATED,
@@ -153,12 +144,11 @@ def list_sweeps(
 
 
 @router.get("/sweeps/{sweep_id}", response_model=SweepOut)
-def get_sweep(sweep_id: int, session: SessionDep) -> Any:
-    return sweep_out(_sweep_or_404(session, sweep_id))
+def get_sweep(sweep: SweepDep) -> Any:
+    return sweep_out(sweep)
 
 
 @router.post("/sweeps/{sweep_id}/cancel", response_model=SweepOut)
-def cancel_sweep(sweep_id: int, session: SessionDep) -> Any:
+def cancel_sweep(sweep: SweepDep, session: SessionDep) -> Any:
     """Cancel all queued (at once) and running (at their next step) runs of the sweep."""
-    _sweep_or_404(session, sweep_id)
-    return sweep_out(sweep_service.cancel_sweep(session, sweep_id))
+    return sweep_out(sweep_service.cancel_sweep(session, sweep.id))

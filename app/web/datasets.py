@@ -6,13 +6,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.services import datasets as dataset_service
+from app.web.deps import DatasetDep, SessionDep, load_dataset
 from runspec import DatasetSpec
 from runspec.base import StrictModel
 from runspec.datasets import FORMAT_HELP, DatasetFormat, PromptTemplate, format_columns
@@ -20,7 +21,6 @@ from runspec.sources import SourceRefused
 from tunedeck_jobs.names import INSPECT_DATASET_TASK, PREVIEW_DATASET_TASK
 from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker
 from tunedeck_state import dataset_registry
-from tunedeck_state.db import get_session
 from tunedeck_state.models import Dataset, Run
 from tunedeck_state.settings import get_settings
 
@@ -30,7 +30,6 @@ DEFAULT_PREVIEW_MAX_LENGTH = 512
 
 api_router = APIRouter(prefix="/api", tags=["datasets"])
 page_router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 class DatasetOut(BaseModel):
@@ -72,13 +71,6 @@ def _spec(dataset: Dataset) -> dict[str, Any]:
     return dataset_service.spec_section(dataset)
 
 
-def _dataset_or_404(session: Session, dataset_id: int) -> Dataset:
-    try:
-        return dataset_service.get_dataset(session, dataset_id)
-    except dataset_service.DatasetNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset_id} does not exist") from None
-
-
 def _inspect(spec: DatasetSpec) -> dict[str, Any]:
     return call_worker(INSPECT_DATASET_TASK, spec.model_dump(mode="json"), timeout=DATASET_RPC_TIMEOUT_SECONDS)
 
@@ -118,7 +110,7 @@ def upload(
         code = status.HTTP_422_UNPROCESSABLE_CONTENT if isinstance(exc, WorkerRefused) else 503
         reason = str(exc).replace(str(stored.path), dataset_service.display_name(filename))
         raise HTTPException(code, reason) from None
-    dataset = dataset_registry.register(
+    dataset = dataset_service.keep(
         session,
         name=(name or "").strip() or dataset_service.display_name(filename),
         kind="upload",
@@ -129,7 +121,6 @@ def upload(
         sha256=stored.sha256,
         original_filename=dataset_service.display_name(filename),
     )
-    session.commit()
     return dataset
 
 
@@ -180,7 +171,7 @@ def register_dataset(request: RegisterRequest, session: SessionDep) -> Any:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     local = resolved.kind == "local"
     path = Path(resolved.location)
-    dataset = dataset_registry.register(
+    dataset = dataset_service.keep(
         session,
         name=request.name or (path.name if local else request.source),
         kind=resolved.kind,
@@ -189,7 +180,6 @@ def register_dataset(request: RegisterRequest, session: SessionDep) -> Any:
         row_count=facts.get("rows"),
         size_bytes=path.stat().st_size if local else None,
     )
-    session.commit()
     return _out(dataset)
 
 
@@ -200,8 +190,8 @@ def list_datasets(session: SessionDep) -> Any:
 
 
 @api_router.get("/datasets/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: int, session: SessionDep) -> Any:
-    return _out(_dataset_or_404(session, dataset_id))
+def get_dataset(dataset: DatasetDep) -> Any:
+    return _out(dataset)
 
 
 def preview(
@@ -224,7 +214,7 @@ def preview_dataset(
 ) -> dict[str, Any]:
     """The first rows, each rendered as training sees it (`samples[].segments`: text runs, `learned` false for
     the masked prompt), and token lengths against max_length (`lengths.truncated`, `histogram`)."""
-    dataset = _dataset_or_404(session, dataset_id)
+    dataset = load_dataset(session, dataset_id)
     _check_model(model)
     try:
         answer = preview(dataset, model, template, max_length, rows)
@@ -298,8 +288,7 @@ def _default_model(session: Session, dataset: Dataset) -> str:
 
 
 @page_router.get("/datasets/{dataset_id}", response_class=HTMLResponse)
-def dataset_page(request: Request, dataset_id: int, session: SessionDep) -> Response:
-    dataset = _dataset_or_404(session, dataset_id)
+def dataset_page(request: Request, dataset: DatasetDep, session: SessionDep) -> Response:
     context = {
         "dataset": dataset,
         "spec": _spec(dataset),
@@ -322,7 +311,7 @@ def dataset_preview_fragment(
     max_length: int = DEFAULT_PREVIEW_MAX_LENGTH,
     rows: int = 5,
 ) -> Response:
-    dataset = _dataset_or_404(session, dataset_id)
+    dataset = load_dataset(session, dataset_id)
     form = {"model": model, "template": template, "max_length": max_length, "rows": rows}
     answer: dict[str, Any] | None = None
     error: str | None = None

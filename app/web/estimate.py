@@ -4,25 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.services.estimates import FORM_TIMEOUT_SECONDS, EstimateUnavailable, estimate_spec
+from app.web.deps import RunDep, SessionDep
 from app.web.forms import errors_by_field, fields_for, spec_from_form
 from app.web.templating import templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from runspec.memory.measured import compare
 from runspec.memory.report import Estimate
 from runspec.memory.units import GIB
-from tunedeck_state import runs as run_service
-from tunedeck_state.db import get_session
 
 api_router = APIRouter(prefix="/api", tags=["api"])
 page_router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 
 #: Components drawn in the bar, in this order (the trainable parameters are part of the weights).
 BAR_ORDER = (
@@ -158,10 +155,6 @@ templates.env.globals["memory_comparison"] = compare
 
 
 @page_router.get("/runs/{run_id}/memory", response_class=HTMLResponse)
-def run_memory(request: Request, run_id: int, session: SessionDep) -> Response:
+def run_memory(request: Request, run: RunDep) -> Response:
     """The run page's memory block: its estimate beside what the worker measured."""
-    try:
-        run = run_service.get_run(session, run_id)
-    except run_service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist") from None
     return templates.TemplateResponse(request, "run_detail.html", {"run": run}, block_name="memory")

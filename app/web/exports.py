@@ -6,30 +6,20 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from pydantic import Field, SecretStr, ValidationError
-from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from app.services import exports as export_service
+from app.web.deps import SessionDep, load_run
 from runspec.base import StrictModel
-from tunedeck_state import runs as run_service
-from tunedeck_state.db import get_session
 from tunedeck_state.models import Run
 from tunedeck_state.settings import get_settings
 
 api_router = APIRouter(prefix="/api", tags=["exports"])
 page_router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 KindParam = Literal["adapter", "model", "merged"]
-
-
-def _run_or_404(session: Session, run_id: int) -> Run:
-    try:
-        return run_service.get_run(session, run_id)
-    except run_service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist") from None
 
 
 def _folder_or_409(run: Run, kind: KindParam) -> tuple[Path, Path]:
@@ -50,7 +40,7 @@ def download_export(run_id: int, kind: KindParam, session: SessionDep) -> Any:
     """A zip of the run's `adapter` (PEFT: adapter_config.json, adapter_model.safetensors, tokenizer), its
     full `model` (full fine-tuning), or its `merged` model (after POST /api/runs/{id}/merge), with a generated
     model card (README.md). 409 with the reason when the run has no such result."""
-    run = _run_or_404(session, run_id)
+    run = load_run(session, run_id)
     folder, base = _folder_or_409(run, kind)
     target = base / f".export-{uuid.uuid4().hex}.zip"
     try:
@@ -69,7 +59,7 @@ def download_export(run_id: int, kind: KindParam, session: SessionDep) -> Any:
 @api_router.get("/runs/{run_id}/model-card", response_class=PlainTextResponse)
 def model_card(run_id: int, session: SessionDep, kind: KindParam = "adapter") -> Any:
     """The README.md an export of this kind carries (markdown)."""
-    run = _run_or_404(session, run_id)
+    run = load_run(session, run_id)
     _folder_or_409(run, kind)
     return PlainTextResponse(export_service.model_card(run, kind), media_type="text/markdown; charset=utf-8")
 
@@ -114,7 +104,7 @@ def push(run: Run, request: PushRequest) -> export_service.PushResult:
 def push_to_hub(run_id: int, request: PushRequest, session: SessionDep) -> Any:
     """Push the export to the Hugging Face hub (created if missing). The token is used for this one push and
     never stored or logged. 422 when the hub refuses the token, 502 for other hub errors."""
-    run = _run_or_404(session, run_id)
+    run = load_run(session, run_id)
     result = push(run, request)
     return {"repo_id": result.repo_id, "commit_url": result.commit_url, "files": result.files}
 
@@ -138,7 +128,7 @@ def push_from_page(
     kind: Annotated[str, Form()] = "adapter",
     private: Annotated[str | None, Form()] = None,
 ) -> Response:
-    run = _run_or_404(session, run_id)
+    run = load_run(session, run_id)
     message, ok, code = "", False, status.HTTP_200_OK
     try:
         push_request = PushRequest.model_validate(

@@ -3,28 +3,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.services import inference as inference_service
+from app.web.deps import RunDep, SessionDep, load_run
 from app.web.templating import templates
 from runspec.inference import GenerateRequest
 from tunedeck_jobs.names import GENERATE_TASK
 from tunedeck_jobs.rpc import WorkerRefused, WorkerUnavailable, call_worker
 from tunedeck_state import merges
-from tunedeck_state import runs as run_service
-from tunedeck_state.db import get_session
 from tunedeck_state.models import Run
 from tunedeck_state.settings import get_settings
 
 api_router = APIRouter(prefix="/api", tags=["api"])
 page_router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 class CompletionOut(BaseModel):
@@ -62,13 +60,6 @@ class MergeOut(BaseModel):
     base_params: int | None = None
     requested_at: str | None = None
     finished_at: str | None = None
-
-
-def _run_or_404(session: Session, run_id: int) -> Run:
-    try:
-        return run_service.get_run(session, run_id)
-    except run_service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist") from None
 
 
 def _generate(session: Session, run: Run, request: GenerateRequest) -> dict[str, Any]:
@@ -109,17 +100,16 @@ def generate(run_id: int, request: GenerateRequest, session: SessionDep) -> Any:
     """Completions from the run's model (its adapter on the base, or its full model) with the training
     prompt template; `base: true` answers with the base model alone, `merged: true` with the merged one.
     409 when the run has no trained model (queued, running, failed) or no merged model yet."""
-    return _generate(session, _run_or_404(session, run_id), request)
+    return _generate(session, load_run(session, run_id), request)
 
 
 @api_router.post("/runs/{run_id}/merge", response_model=MergeOut, status_code=status.HTTP_202_ACCEPTED)
-def merge(run_id: int, session: SessionDep, response: Response) -> Any:
+def merge(run: RunDep, session: SessionDep, response: Response) -> Any:
     """Merge a LoRA-family adapter into its base on a worker (`merge_and_unload`), saved with safetensors and
     the tokenizer to `<run dir>/merged`. 202 while queued or running (poll `GET` on this path); 200 when the
     merged model already exists. 409 for runs that cannot be merged, with the reason."""
-    _run_or_404(session, run_id)
     try:
-        run = inference_service.submit_merge(session, run_id)
+        run = inference_service.submit_merge(session, run.id)
     except merges.NotReady as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     if merges.merge_state(run).get("status") == "succeeded":
@@ -128,9 +118,9 @@ def merge(run_id: int, session: SessionDep, response: Response) -> Any:
 
 
 @api_router.get("/runs/{run_id}/merge", response_model=MergeOut)
-def merge_status(run_id: int, session: SessionDep) -> Any:
+def merge_status(run: RunDep) -> Any:
     """The state of the run's merge: none, queued, running, succeeded (with merged_dir) or failed (with error)."""
-    return _merge_out(_run_or_404(session, run_id))
+    return _merge_out(run)
 
 
 # -- the run page's "Try it" and merge blocks ---------------------------------------------------------------
@@ -173,13 +163,12 @@ def _form_errors(exc: ValidationError) -> dict[str, str]:
 
 
 @page_router.get("/runs/{run_id}/try", response_class=HTMLResponse)
-def try_it_block(request: Request, run_id: int, session: SessionDep) -> Response:
-    return _block(request, _run_or_404(session, run_id), "try_it")
+def try_it_block(request: Request, run: RunDep) -> Response:
+    return _block(request, run, "try_it")
 
 
 @page_router.post("/runs/{run_id}/try", response_class=HTMLResponse)
-async def try_it(request: Request, run_id: int, session: SessionDep) -> Response:
-    run = _run_or_404(session, run_id)
+async def try_it(request: Request, run: RunDep, session: SessionDep) -> Response:
     values, body = _request_from_form(dict(await request.form()))
     try:
         generate_request = GenerateRequest.model_validate(body)
@@ -201,15 +190,15 @@ async def try_it(request: Request, run_id: int, session: SessionDep) -> Response
 
 
 @page_router.get("/runs/{run_id}/merge", response_class=HTMLResponse)
-def merge_block(request: Request, run_id: int, session: SessionDep) -> Response:
-    return _block(request, _run_or_404(session, run_id), "merge", merge_oob=True)
+def merge_block(request: Request, run: RunDep) -> Response:
+    return _block(request, run, "merge", merge_oob=True)
 
 
 @page_router.post("/runs/{run_id}/merge", response_class=HTMLResponse)
-def merge_from_page(request: Request, run_id: int, session: SessionDep) -> Response:
-    _run_or_404(session, run_id)
+def merge_from_page(request: Request, run: RunDep, session: SessionDep) -> Response:
+    run_id = run.id
     try:
         run = inference_service.submit_merge(session, run_id)
     except merges.NotReady as exc:
-        return _block(request, _run_or_404(session, run_id), "merge", status.HTTP_409_CONFLICT, merge_error=str(exc))
+        return _block(request, load_run(session, run_id), "merge", status.HTTP_409_CONFLICT, merge_error=str(exc))
     return _block(request, run, "merge", merge_oob=True)

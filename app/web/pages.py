@@ -12,35 +12,27 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.services import control
 from app.services import inference as inference_service
 from app.services.demo import DEMO_DATASET, DEMO_MODEL_DIRNAME
 from app.services.submit import submit_run
+from app.web.deps import RunDep, SessionDep, load_run
 from app.web.forms import errors_by_field, fields_for, spec_from_form
 from app.web.templating import templates
 from runspec import METHODS, DatasetSpec, PlacementSpec, RunSpec, TrainingSpec
 from runspec.spec import DEFAULT_DATASET, DEFAULT_MODEL
-from tunedeck_jobs import dispatch
 from tunedeck_state import runs as run_service
-from tunedeck_state.db import get_session
 from tunedeck_state.models import Run, RunStatus
 from tunedeck_state.settings import get_settings
 from tunedeck_state.source_checks import SpecRefused
 
 router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 CHART_GROUPS = [
     {"title": "Loss", "keys": ["loss", "eval_loss"]},
     {"title": "Learning rate", "keys": ["learning_rate"]},
     {"title": "Throughput (tokens/s)", "keys": ["tokens_per_second"]},
     {"title": "Memory (MiB)", "keys": ["memory_bytes"], "scale": 1 / 2**20},
 ]
-
-
-def _run_or_404(session: Session, run_id: int) -> Run:
-    try:
-        return run_service.get_run(session, run_id)
-    except run_service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist") from None
 
 
 def _is_htmx(request: Request) -> bool:
@@ -184,7 +176,7 @@ def new_run_page(
 ) -> Response:
     values = _default_values()
     if clone is not None:
-        source = _run_or_404(session, clone)
+        source = load_run(session, clone)
         values = {**source.spec, "name": f"{source.name}-copy"}
     if dataset is not None:  # "Train on this" from a dataset's page
         from app.services import datasets as dataset_service
@@ -262,34 +254,31 @@ def _run_context(session: Session, run: Run) -> dict[str, Any]:
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, session: SessionDep) -> Response:
-    run = _run_or_404(session, run_id)
+def run_page(request: Request, run: RunDep, session: SessionDep) -> Response:
     return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run))
 
 
 @router.get("/runs/{run_id}/live", response_class=HTMLResponse)
-def run_live(request: Request, run_id: int, session: SessionDep) -> Response:
-    run = _run_or_404(session, run_id)
+def run_live(request: Request, run: RunDep, session: SessionDep) -> Response:
     return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
 
 
 @router.post("/runs/{run_id}/cancel", response_class=HTMLResponse)
-def cancel_from_page(request: Request, run_id: int, session: SessionDep) -> Response:
-    _run_or_404(session, run_id)
+def cancel_from_page(request: Request, run: RunDep, session: SessionDep) -> Response:
+    run_id = run.id
     try:
-        run = run_service.request_cancel(session, run_id)
+        run = control.cancel(session, run_id)
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    session.commit()
     return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
 
 
 @router.post("/runs/{run_id}/resume", response_class=HTMLResponse)
-def resume_from_page(request: Request, run_id: int, session: SessionDep) -> Response:
-    _run_or_404(session, run_id)
+def resume_from_page(request: Request, run: RunDep, session: SessionDep) -> Response:
+    run_id = run.id
     try:
-        dispatch.resume(session, run_id)
+        control.resume(session, run_id)
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    run = _run_or_404(session, run_id)
+    run = load_run(session, run_id)
     return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
@@ -15,14 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from app.services import sweeps as sweep_service
 from app.services.sweeps import SweepInvalid, SweepRequest
 from app.web.api_compare import parse_run_ids
+from app.web.deps import SessionDep, SweepDep
 from app.web.templating import templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from tunedeck_state import runs as run_service
-from tunedeck_state.db import get_session
 from tunedeck_state.models import Sweep
 
 router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 VARY_ROWS = 4
 
 
@@ -53,13 +52,6 @@ def compare_page(
 # -- sweeps ----------------------------------------------------------------------------------------------
 
 
-def _sweep_or_404(session: Session, sweep_id: int) -> Sweep:
-    try:
-        return sweep_service.get_sweep(session, sweep_id)
-    except sweep_service.SweepNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} does not exist") from None
-
-
 def _sweep_rows(sweeps: list[Sweep]) -> list[dict[str, Any]]:
     return [{"sweep": s, "summary": sweep_service.summarize(s)} for s in sweeps]
 
@@ -81,16 +73,14 @@ def _sweep_context(sweep: Sweep) -> dict[str, Any]:
 
 
 @router.get("/sweeps/{sweep_id:int}", response_class=HTMLResponse)
-def sweep_page(request: Request, sweep_id: int, session: SessionDep) -> Response:
-    sweep = _sweep_or_404(session, sweep_id)
+def sweep_page(request: Request, sweep: SweepDep) -> Response:
     block = "sweep_live" if _is_htmx(request) else None
     return templates.TemplateResponse(request, "sweep.html", _sweep_context(sweep), block_name=block)
 
 
 @router.post("/sweeps/{sweep_id:int}/cancel", response_class=HTMLResponse)
-def cancel_sweep_from_page(request: Request, sweep_id: int, session: SessionDep) -> Response:
-    _sweep_or_404(session, sweep_id)
-    sweep = sweep_service.cancel_sweep(session, sweep_id)
+def cancel_sweep_from_page(request: Request, sweep: SweepDep, session: SessionDep) -> Response:
+    sweep = sweep_service.cancel_sweep(session, sweep.id)
     return templates.TemplateResponse(request, "sweep.html", _sweep_context(sweep), block_name="sweep_live")
 
 

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from app.web.deps import SessionDep
 from app.web.templating import templates
 from tunedeck_state import workers as worker_service
-from tunedeck_state.db import get_session
 from tunedeck_state.settings import get_settings
 
 api_router = APIRouter(prefix="/api", tags=["workers"])
 page_router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 class WorkerOut(BaseModel):
