@@ -64,6 +64,11 @@ def commit_and_enqueue(session: Session, runs: Sequence[Run]) -> None:
     queue each run. A run that cannot be queued fails with the reason; the others are queued regardless."""
     for run in runs:
         placement_service.place_run(session, run)
+    commit_and_send(session, runs)
+
+
+def commit_and_send(session: Session, runs: Sequence[Run]) -> None:
+    """Commit, then send each run's training task to the queue already recorded on it (placement.record)."""
     session.commit()
     unsent: list[tuple[int, str]] = []
     for run in runs:

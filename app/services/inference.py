@@ -28,13 +28,13 @@ def submit_merge(session: Session, run_id: int) -> Run:
     """Queue a merge, commit, then send its task; if the broker is unreachable the merge fails with that reason."""
     run, send = request_merge(session, run_id)
     session.commit()
-    attempt = merge_state(run)["attempt"]
-
-    def fail(reason: str) -> None:
-        finish_merge(session, run_id, attempt, error=reason)
-        session.commit()
-
     if send:
+        attempt = merge_state(run)["attempt"]
+
+        def fail(reason: str) -> None:
+            finish_merge(session, run_id, attempt, error=reason)
+            session.commit()
+
         dispatch.sent(lambda: dispatch.send_merge(run_id, attempt), "merge", fail)
     session.refresh(run)
     return run

@@ -29,13 +29,14 @@ def submit_run(session: Session, spec: RunSpec) -> Run:
     check_method_fits_model(spec)
     estimate = estimate_at_submit(spec, session)  # None when no worker answers soon: the worker makes it at start
     try:
-        placement_service.place_spec(session, spec, estimate, strict=True)
+        placement = placement_service.place_spec(session, spec, estimate, strict=True)
     except placement_service.PlacementRefused as exc:
         raise SpecRefused([(exc.field, exc.message)]) from None
     run = run_service.create_run(session, spec)
     if estimate is not None:
         run.details = {**(run.details or {}), "memory_estimate": estimate}
-    dispatch.commit_and_enqueue(session, [run])
+    placement_service.record(run, placement)
+    dispatch.commit_and_send(session, [run])
     return run
 
 

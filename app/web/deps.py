@@ -9,7 +9,8 @@ Authentication is not a dependency: `app/web/security.py`'s middleware checks ev
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, status
 from sqlalchemy.orm import Session
@@ -21,45 +22,40 @@ from tunedeck_state.db import get_session
 from tunedeck_state.models import Dataset, Run, Sweep
 
 SessionDep = Annotated[Session, Depends(get_session)]
+T = TypeVar("T")
+
+
+def _found(load: Callable[[Session, int], T], missing: type[LookupError], kind: str, session: Session, key: int) -> T:
+    try:
+        return load(session, key)
+    except missing:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{kind} {key} does not exist") from None
 
 
 def load_run(session: Session, run_id: int) -> Run:
-    try:
-        return run_service.get_run(session, run_id)
-    except run_service.RunNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist") from None
+    return _found(run_service.get_run, run_service.RunNotFound, "run", session, run_id)
+
+
+def load_sweep(session: Session, sweep_id: int) -> Sweep:
+    return _found(sweep_service.get_sweep, sweep_service.SweepNotFound, "sweep", session, sweep_id)
+
+
+def load_dataset(session: Session, dataset_id: int) -> Dataset:
+    return _found(dataset_service.get_dataset, dataset_service.DatasetNotFound, "dataset", session, dataset_id)
 
 
 def run_from_path(run_id: int, session: SessionDep) -> Run:
     return load_run(session, run_id)
 
 
-RunDep = Annotated[Run, Depends(run_from_path)]
-
-
-def load_sweep(session: Session, sweep_id: int) -> Sweep:
-    try:
-        return sweep_service.get_sweep(session, sweep_id)
-    except sweep_service.SweepNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} does not exist") from None
-
-
 def sweep_from_path(sweep_id: int, session: SessionDep) -> Sweep:
     return load_sweep(session, sweep_id)
-
-
-SweepDep = Annotated[Sweep, Depends(sweep_from_path)]
-
-
-def load_dataset(session: Session, dataset_id: int) -> Dataset:
-    try:
-        return dataset_service.get_dataset(session, dataset_id)
-    except dataset_service.DatasetNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset_id} does not exist") from None
 
 
 def dataset_from_path(dataset_id: int, session: SessionDep) -> Dataset:
     return load_dataset(session, dataset_id)
 
 
+RunDep = Annotated[Run, Depends(run_from_path)]
+SweepDep = Annotated[Sweep, Depends(sweep_from_path)]
 DatasetDep = Annotated[Dataset, Depends(dataset_from_path)]
