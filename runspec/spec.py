@@ -13,6 +13,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from runspec.base import StrictModel
 from runspec.datasets import DatasetFormat, PromptTemplate, check_column_fields, parse_columns
 from runspec.methods import AnyMethod, LoraSpec
+from runspec.precision import BaseDtype, Precision
 
 DEFAULT_MODEL = "Langboat/bloom-389m-zh"
 
@@ -22,6 +23,7 @@ Optimizer = Literal[
 #: Optimizers that only run on a CUDA device: a CPU-only worker fails such a run at once, with this reason.
 CUDA_ONLY_OPTIMIZERS = frozenset({"paged_adamw_8bit", "paged_adamw_32bit"})
 DEFAULT_DATASET = "c-s-ale/alpaca-gpt4-data-zh"
+AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 
 
 class DatasetSpec(StrictModel):
@@ -113,10 +115,43 @@ class TrainingSpec(StrictModel):
         description="Project onto the vocabulary only at positions whose next token is learned (the response), "
         "not at prompt or padding positions: the same loss and gradients with less compute and memory (the logits "
         "are batch × length × vocabulary numbers). Checked on the model when training starts (transformers' "
-        "boolean logits_to_keep); where the model cannot, every position is projected.",
+        "boolean logits_to_keep); where the model cannot, every position is projected. With Liger kernels on "
+        "(training.liger_kernel) their fused linear cross entropy is used instead: it never materialises the "
+        "logits at all.",
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU."
+    precision: Precision = Field(
+        "auto",
+        description="The compute dtype. auto: bf16 on a GPU that supports it, fp32 on CPU; bf16 (also on CPU) and "
+        "fp16: mixed precision (autocast), with fp32 trainable parameters and optimizer states; fp32: no autocast. "
+        "pure_bf16 (full fine-tuning only): weights, gradients and AdamW states all in bf16, half the memory of "
+        "mixed precision's fp32 master weights, at a cost: with no fp32 master copy, an update smaller than bf16's "
+        "resolution of the weight (about 1/256 of its size) is rounded away, so small learning rates and late, "
+        "small updates can be lost.",
+    )
+    base_dtype: BaseDtype = Field(
+        "auto",
+        description="The dtype the base model's weights are loaded in. auto: PEFT methods load the frozen base in "
+        "the compute dtype (bf16 on a GPU, fp32 on CPU unless precision is bf16; QLoRA de-quantizes to it), while "
+        "adapters, prompt encoders and prefixes and their optimizer states stay fp32 (peft's default); full "
+        "fine-tuning keeps fp32 master weights (bf16 with precision=pure_bf16). fp32: always load the base in fp32 "
+        "and autocast (twice the weight memory of a bf16 base).",
+    )
+    attn_implementation: AttnImplementation = Field(
+        "auto",
+        description="The attention kernel (transformers' attn_implementation). auto: flash_attention_2 on a CUDA "
+        "worker where the flash_attn package is installed and the model supports it, else sdpa (transformers' "
+        "default, eager for models without it); sdpa: PyTorch's scaled_dot_product_attention; eager: plain "
+        "matmuls; flash_attention_2: FlashAttention 2 (needs a CUDA GPU, the flash-attn package and 16-bit "
+        "compute; a worker without them fails the run at start with the reason).",
+    )
+    liger_kernel: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear + cross entropy), applied "
+        "through transformers' use_liger_kernel. auto: on for architectures liger-kernel supports (Llama, Qwen2/3, "
+        "Mistral, Gemma, Phi-3, ...) on a CUDA worker where liger-kernel is installed (the gpu extra), else off; "
+        "on: required (a worker without CUDA or liger-kernel, or a model it does not support, fails the run at "
+        "start). With Liger the loss is computed by the fused linear cross entropy, chunk by chunk, so no logits "
+        "are materialised and supervised_logits_only is not used.",
     )
     optim: Optimizer = Field(
         "adamw_torch_fused",
@@ -246,6 +281,7 @@ class RunSpec(StrictModel):
                 "grouping, training.group_by_length, still removes most padding)"
             )
         _check_distributed(self)
+        _check_precision(self)
         return self
 
     def spec_hash(self) -> str:
@@ -272,16 +308,42 @@ def _check_distributed(spec: RunSpec) -> None:
     elif training.num_gpus < 2:
         problem = "fsdp shards the model across GPUs: set training.num_gpus to 2 or more, or use ddp"
     if problem:
-        raise ValidationError.from_exception_data(
-            "RunSpec",
-            [
-                InitErrorDetails(
-                    type=PydanticCustomError("value_error", problem),
-                    loc=("training", "distributed"),
-                    input=training.distributed,
-                )
-            ],
+        _refuse("distributed", problem, training.distributed)
+
+
+def _check_precision(spec: RunSpec) -> None:
+    """pure_bf16 only for full fine-tuning (and not with an fp32 base); FlashAttention only with 16-bit compute."""
+    training = spec.training
+    if training.precision == "pure_bf16" and spec.method.is_peft:
+        _refuse(
+            "precision",
+            f"pure_bf16 trains every weight in bf16 and is for full fine-tuning (method full); {spec.method.label} "
+            "keeps its trainable parameters in fp32 beside a frozen base that is loaded in bf16 already with "
+            "precision=bf16 (or auto on a GPU): use training.precision=bf16",
+            training.precision,
         )
+    if training.precision == "pure_bf16" and training.base_dtype == "fp32":
+        _refuse(
+            "base_dtype",
+            "training.precision=pure_bf16 loads the weights in bf16, which base_dtype=fp32 contradicts: use "
+            "base_dtype=auto, or precision=bf16 for fp32 master weights under bf16 autocast",
+            training.base_dtype,
+        )
+    if training.attn_implementation == "flash_attention_2" and training.precision == "fp32":
+        _refuse(
+            "attn_implementation",
+            "FlashAttention computes in bf16 or fp16 only, and training.precision=fp32 computes in fp32: use "
+            "precision auto or bf16, or attn_implementation=sdpa",
+            training.attn_implementation,
+        )
+
+
+def _refuse(field: str, problem: str, value: object) -> None:
+    """A ValidationError at training.<field> (raised from a model validator, it keeps this location)."""
+    raise ValidationError.from_exception_data(
+        "RunSpec",
+        [InitErrorDetails(type=PydanticCustomError("value_error", problem), loc=("training", field), input=value)],
+    )
 
 
 def _reject_control_characters(value: str) -> str:
