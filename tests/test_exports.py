@@ -226,3 +226,33 @@ def test_push_to_the_hub_uses_the_token_once_and_stores_it_nowhere(
     for path in hub_server.data_dir.rglob("*"):
         if path.is_file() and path.stat().st_size < 200 * 2**20:
             assert HUB_TOKEN.encode() not in path.read_bytes(), f"the token was written to {path}"
+
+
+@pytest.fixture(scope="module")
+def unreachable_hub_server(sqlite_stack: Stack) -> Iterator[Stack]:
+    """A server on the same data whose hub endpoint is a port nobody listens on (the hub is unreachable)."""
+    from harness.stack import free_port
+
+    env = {k: v for k, v in sqlite_stack.env.items() if k != "HF_HUB_OFFLINE"}
+    side = Stack(
+        data_dir=sqlite_stack.data_dir, env={**env, "TUNEDECK_HUB_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    )
+    try:
+        side.start_server()
+        yield side
+    finally:
+        side.stop()
+
+
+def test_push_while_the_hub_is_unreachable_is_a_502_with_the_reason(
+    unreachable_hub_server: Stack, trained: dict[str, dict[str, Any]]
+) -> None:
+    """Issue 16: an unreachable hub raised httpx.ConnectError through the route (a 500)."""
+    run = trained["lora"]
+    with _client(unreachable_hub_server) as client:
+        api = client.post(f"/api/runs/{run['id']}/push", json={"repo_id": "me/tiny-lora", "token": HUB_TOKEN})
+        page = client.post(f"/runs/{run['id']}/push", data={"repo_id": "me/tiny-lora", "token": HUB_TOKEN})
+    assert api.status_code == 502, api.text
+    assert "could not reach the hub" in api.json()["detail"] and "push again" in api.json()["detail"]
+    assert HUB_TOKEN not in api.text
+    assert page.status_code == 422 and "could not reach the hub" in page.text  # the panel shows it (htmx swaps 4xx)

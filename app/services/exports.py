@@ -279,6 +279,7 @@ def push_to_hub(
     commit_message: str,
 ) -> PushResult:
     """Create the repository if needed and commit the export to it. The token is used for this call only."""
+    import httpx
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
@@ -300,7 +301,13 @@ def push_to_hub(
         if code in (401, 403):
             raise HubPushFailed(f"the hub refused the token for {repo_id} ({code}): {reason}", code) from None
         raise HubPushFailed(f"the hub answered {code}: {reason}", code) from None
-    except (OSError, ValueError) as exc:
+    except httpx.TransportError as exc:  # unreachable, refused, timed out: not a hub answer (502 upstream)
+        where = endpoint or "https://huggingface.co"
+        raise HubPushFailed(
+            f"could not reach the hub at {where} ({type(exc).__name__}: {_scrub(str(exc)[:200], token)}); check "
+            "this server's network access (or TUNEDECK_HUB_ENDPOINT) and push again"
+        ) from None
+    except (OSError, ValueError, httpx.HTTPError) as exc:
         raise HubPushFailed(f"could not push to the hub: {_scrub(str(exc)[:300], token)}") from None
     return PushResult(repo_id=repo_id, commit_url=str(info.commit_url), files=len(operations))
 

@@ -37,12 +37,31 @@ def _dotted(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+#: Fields whose value an error never echoes (`input`), whatever its size.
+SECRET_FIELD_WORDS = ("token", "secret", "password")
+#: The longest string an error echoes back as its `input`; longer ones, objects and lists are left out.
+MAX_ECHOED_CHARS = 200
+
+
+def _echoable(field: str, value: Any) -> bool:
+    """Whether a 422 may carry the offending value back: never a secret (a hub token over its length limit must not
+    come back in the answer, or in a proxy's log), never an object or list (a body nested 900 deep would be
+    walked again to encode it), never a long string."""
+    if any(word in part.lower() for part in field.split(".") for word in SECRET_FIELD_WORDS):
+        return False
+    if isinstance(value, str):
+        return len(value) <= MAX_ECHOED_CHARS
+    return value is None or isinstance(value, bool | int | float)
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with each error's field as a dotted spec path, plus one readable summary line."""
     errors = []
     for error in exc.errors():
         error = {k: v for k, v in error.items() if k != "url"}
         error["field"] = _dotted(error.get("loc", ()))
+        if "input" in error and not _echoable(error["field"], error["input"]):
+            del error["input"]
         errors.append(error)
     summary = "; ".join(f"{e['field']}: {e['msg']}" for e in errors[:10])
     return JSONResponse(

@@ -197,7 +197,10 @@ def get_dataset(dataset: DatasetDep) -> Any:
 def preview(
     dataset: Dataset, model: str, template: str | None, max_length: int, rows: int, fmt: str | None = None
 ) -> dict[str, Any]:
-    spec = _spec_or_422(**{**_spec(dataset), "template": template, "format": fmt})
+    # Only what the caller chose overrides the stored section: a None must not drop the stored format (a text
+    # dataset previewed as alpaca found no instruction column).
+    chosen = {key: value for key, value in (("template", template), ("format", fmt)) if value is not None}
+    spec = _spec_or_422(**{**_spec(dataset), **chosen})
     return call_worker(
         PREVIEW_DATASET_TASK, spec.model_dump(mode="json"), model, max_length, rows, timeout=DATASET_RPC_TIMEOUT_SECONDS
     )

@@ -312,6 +312,9 @@ def _request_from_form(form: dict[str, Any]) -> tuple[dict[str, Any], SweepReque
     except ValueError as exc:
         problems.append({"run_index": None, "run_name": None, "field": "base", "msg": f"not valid JSON: {exc}"})
         base = {}
+    except RecursionError:  # json.loads of "[[[[…" thousands deep
+        problems.append({"run_index": None, "run_name": None, "field": "base", "msg": sweep_service.TOO_DEEP})
+        base = {}
     grid: dict[str, list[Any]] = {}
     for row in vary:
         if not row["path"] and not row["values"]:
