@@ -24,6 +24,7 @@ from app.web.security import (
     SESSION_COOKIE,
     bind_refusal,
     cross_site_problem,
+    cross_site_read_problem,
     is_loopback,
     safe_next,
 )
@@ -346,6 +347,31 @@ def test_cross_site_posts_cannot_launch_runs_on_localhost(sqlite_stack: Stack, t
         assert own.status_code == 422, "a same-origin post is not refused as cross-site"
 
 
+def test_costly_reads_are_refused_cross_site_and_pages_cannot_be_framed(sqlite_stack: Stack) -> None:
+    """Issue 16: in no-token mode any page could make the browser GET exports, previews and comparisons (an <img>
+    tag); now the API refuses every cross-site read, a page opens only as a followed link, and no page can be
+    framed (clickjacking a Cancel button)."""
+    image = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    frame = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"}
+    with sqlite_stack.client() as client:
+        for url in ("/api/runs", "/api/runs/1/export/adapter", "/api/datasets/1/preview?model=x", "/metrics"):
+            for headers in (image, link, {"Origin": EVIL}, {"Referer": f"{EVIL}/page"}):
+                answer = client.get(url, headers=headers)
+                assert answer.status_code == 403 and "cross-site" in answer.text, (url, headers, answer.text)
+        for url in ("/runs/new", "/datasets/1/preview?model=x", "/runs/table"):
+            assert client.get(url, headers=image).status_code == 403, url
+            assert client.get(url, headers=frame).status_code == 403, url
+            assert client.get(url, headers={"Origin": EVIL}).status_code == 403, url
+        assert client.get("/runs/new", headers=link).status_code == 200, "a link from another site opens the page"
+        assert client.get("/api/runs", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+        assert client.get("/api/runs", headers={"Origin": sqlite_stack.base_url}).status_code == 200
+        assert client.get("/api/runs").status_code == 200, "scripts send no browser headers and are not affected"
+        page = client.get("/")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+
+
 # -- custom code -----------------------------------------------------------------------------------------
 
 
@@ -567,6 +593,18 @@ def test_cross_site_rules() -> None:
     assert (
         cross_site_problem(Headers({"host": "tunedeck.example", "origin": "https://tunedeck.example"}), "http") is None
     )
+
+    def read_problem(path: str, **headers: str) -> str | None:
+        return cross_site_read_problem(path, Headers({"host": "127.0.0.1:8000", **headers}), "http")
+
+    cross = {"sec-fetch-site": "cross-site"}
+    assert read_problem("/api/runs/1/export/model", **cross, **{"sec-fetch-mode": "no-cors"})
+    assert read_problem("/api/runs", **cross, **{"sec-fetch-mode": "navigate", "sec-fetch-dest": "document"})
+    assert read_problem("/runs/1", **cross, **{"sec-fetch-mode": "navigate", "sec-fetch-dest": "document"}) is None
+    assert read_problem("/runs/1", **cross, **{"sec-fetch-mode": "navigate", "sec-fetch-dest": "iframe"})
+    assert read_problem("/runs/1", referer="http://evil.example/") is None  # a followed link (older browsers)
+    assert read_problem("/api/runs", referer="http://evil.example/")
+    assert read_problem("/api/runs") is None and read_problem("/runs/1") is None
 
 
 # -- a real browser: login, then an htmx post passes the cross-site check -----------------------------------

@@ -108,6 +108,33 @@ def cross_site_problem(headers: Headers, scheme: str) -> str | None:
     return None
 
 
+#: GETs answered as data (and built at a cost: exports zip whole models, previews and compare ask workers or read
+#: every metric): a browser's cross-site request for one (an <img> or <script> tag on any page) is refused.
+COSTLY_GET_PREFIXES = ("/api/", "/openapi.json", "/metrics")
+
+
+def cross_site_read_problem(path: str, headers: Headers, scheme: str) -> str | None:
+    """Why a GET/HEAD looks like another site's page fetching from tunedeck, or None.
+
+    The API (exports, previews, comparisons, every JSON read) refuses any cross-site sign, as state-changing
+    requests do. A page may still be opened from a link on another site (a top-level navigation: Sec-Fetch-Mode
+    navigate, destination document), but not embedded or fetched by one."""
+    if path.startswith(COSTLY_GET_PREFIXES):
+        return cross_site_problem(headers, scheme)
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site and fetch_site not in ("same-origin", "none"):
+        navigation = headers.get("sec-fetch-mode") == "navigate" and headers.get("sec-fetch-dest") in (None, "document")
+        if not navigation:
+            return f"cross-site request refused (Sec-Fetch-Site: {fetch_site}, not a link followed to a page)"
+    if headers.get("origin") is not None:  # navigations never send an Origin with a GET; fetch() and XHR do
+        return cross_site_problem(headers, scheme)
+    return None
+
+
+#: Sent with every answer: no page of tunedeck may be framed by another (clickjacking the Cancel button).
+FRAME_HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"))
+
+
 def token_fingerprint(token: str) -> str:
     return hashlib.sha256(b"tunedeck-login\x00" + token.encode()).hexdigest()[:32]
 
@@ -155,9 +182,9 @@ class SecurityMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            await response(scope, receive, send)
+            await response(scope, receive, _with_frame_headers(send))
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, _with_frame_headers(send) if scope["type"] == "http" else send)
 
     def refusal(self, connection: HTTPConnection) -> Response | None:
         headers = connection.headers
@@ -172,6 +199,10 @@ class SecurityMiddleware:
         method = connection.scope.get("method", "GET")
         if method in UNSAFE_METHODS or connection.scope["type"] == "websocket":
             problem = cross_site_problem(headers, scheme)
+            if problem:
+                return _error(connection, status.HTTP_403_FORBIDDEN, problem)
+        elif method in ("GET", "HEAD"):
+            problem = cross_site_read_problem(connection.url.path, headers, scheme)
             if problem:
                 return _error(connection, status.HTTP_403_FORBIDDEN, problem)
         if self.token and not self._is_open(connection.url.path) and not self._authenticated(connection):
@@ -208,6 +239,17 @@ class SecurityMiddleware:
         if connection.headers.get("hx-request") == "true":
             return Response(status_code=status.HTTP_401_UNAUTHORIZED, headers={"HX-Redirect": "/login"})
         return RedirectResponse(login, status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _with_frame_headers(send: Send) -> Send:
+    async def sending(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            present = {name.lower() for name, _ in message.get("headers", [])}
+            extra = [(name, value) for name, value in FRAME_HEADERS if name not in present]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return sending
 
 
 def _error(connection: HTTPConnection, code: int, message: str) -> Response:
