@@ -251,6 +251,49 @@ def test_a_cookie_signed_for_another_token_is_refused(secured_stack: Stack) -> N
         assert client.get("/api/runs").status_code == 401
 
 
+def test_logout_ends_that_session_on_the_server(secured_stack: Stack) -> None:
+    """Issue 16: logout only cleared the browser's cookie; a copy of it kept working for 12 h. Now logout revokes
+    that session's id on the server (also for a second server process on the same data), and other sessions go on."""
+    with _anonymous(secured_stack) as first, _anonymous(secured_stack) as second:
+        assert _login(secured_stack, first).status_code == 303
+        assert _login(secured_stack, second).status_code == 303
+        copied = first.cookies[SESSION_COOKIE]
+        assert first.get("/api/runs").status_code == 200 and second.get("/api/runs").status_code == 200
+        assert first.post("/logout").status_code == 303
+        with _anonymous(secured_stack) as thief:
+            thief.cookies.set(SESSION_COOKIE, copied)
+            assert thief.get("/api/runs").status_code == 401, "the logged-out cookie still works"
+            assert thief.get("/").status_code == 303
+        assert second.get("/api/runs").status_code == 200, "logout ended another session too"
+        other_server = Stack(data_dir=secured_stack.data_dir, env=secured_stack.env)
+        try:
+            other_server.start_server()
+            with _anonymous(other_server) as thief:
+                thief.cookies.set(SESSION_COOKIE, copied)
+                assert thief.get("/api/runs").status_code == 401, "revoked on one server, live on another"
+            with _anonymous(other_server) as still:
+                still.cookies.set(SESSION_COOKIE, second.cookies[SESSION_COOKIE])
+                assert still.get("/api/runs").status_code == 200
+        finally:
+            other_server.stop()
+
+
+def test_a_new_token_ends_every_session(secured_stack: Stack) -> None:
+    """The cookies' key is derived from the token: a server started with a new token accepts no earlier login."""
+    with _anonymous(secured_stack) as client:
+        assert _login(secured_stack, client).status_code == 303
+        cookie = client.cookies[SESSION_COOKIE]
+    env = {**secured_stack.env, "TUNEDECK_API_TOKEN": "a-brand-new-token-0123456789"}
+    renewed = Stack(data_dir=secured_stack.data_dir, env=env)
+    try:
+        renewed.start_server()
+        with _anonymous(renewed) as client:
+            client.cookies.set(SESSION_COOKIE, cookie)
+            assert client.get("/api/runs").status_code == 401
+    finally:
+        renewed.stop()
+
+
 def test_logged_in_form_posts_from_other_sites_are_refused(secured_stack: Stack) -> None:
     with _anonymous(secured_stack) as client:
         _login(secured_stack, client)
