@@ -17,6 +17,7 @@ from sqlalchemy.exc import DataError
 
 from app.web import prometheus, routes, security
 from app.web.routes import exports as exports_web
+from app.web.schemas import ERROR_RESPONSES
 from app.web.templating import STATIC_DIR
 from runspec import METHODS
 from tunedeck_jobs import dispatch
@@ -121,6 +122,7 @@ def create_app() -> FastAPI:
         version=__version__,
         description="Launch parameter-efficient fine-tunes of causal language models, watch them, compare them.",
         max_body_size=get_settings().max_request_bytes,  # 413 above; an upload route sets its own
+        responses=ERROR_RESPONSES,  # every error answer, declared with its shape (app/web/schemas.py)
     )
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(SpecRefused, _spec_refused)  # type: ignore[arg-type]

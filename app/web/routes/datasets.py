@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -14,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.services import datasets as dataset_service
 from app.web.deps import DatasetDep, SessionDep, load_dataset
+from app.web.schemas import UtcDateTime
 from runspec import DatasetSpec
 from runspec.base import StrictModel
 from runspec.datasets import FORMAT_HELP, DatasetFormat, PromptTemplate, format_columns
@@ -48,7 +48,7 @@ class DatasetOut(BaseModel):
     size_bytes: int | None
     sha256: str | None
     original_filename: str | None
-    created_at: datetime
+    created_at: UtcDateTime
     #: The run spec's `dataset` section that trains on it.
     spec: dict[str, Any]
 

@@ -45,7 +45,11 @@ def download_export(run_id: int, kind: KindParam, session: SessionDep) -> Any:
     return FileResponse(target, media_type="application/zip", filename=export_service.zip_name(run, kind))
 
 
-@api_router.get("/runs/{run_id}/model-card", response_class=PlainTextResponse)
+@api_router.get(
+    "/runs/{run_id}/model-card",
+    # Not response_class=PlainTextResponse: that would declare the JSON error answers as text/plain too.
+    responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}, "description": "the card"}},
+)
 def model_card(run_id: int, session: SessionDep, kind: KindParam = "adapter") -> Any:
     """The README.md an export of this kind carries (markdown)."""
     run = load_run(session, run_id)
