@@ -347,7 +347,7 @@ def push_to_hub(
             f"could not reach the hub at {where} ({type(exc).__name__}: {_scrub(str(exc)[:200], token)}); check "
             "this server's network access (or TUNEDECK_HUB_ENDPOINT) and push again"
         ) from None
-    except (OSError, ValueError, *_http_errors()) as exc:
+    except _http_errors() as exc:
         raise HubPushFailed(f"could not push to the hub: {_scrub(str(exc)[:300], token)}") from None
     return PushResult(repo_id=repo_id, commit_url=str(info.commit_url), files=len(operations))
 
@@ -370,7 +370,7 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def _http_errors() -> tuple[type[BaseException], ...]:
-    return tuple(module.HTTPError for module in _http_clients())
+    return (OSError, ValueError, *(module.HTTPError for module in _http_clients()))
 
 
 def _scrub(text: str, token: str) -> str:
