@@ -150,8 +150,11 @@ def test_running_run_curve_grows_without_reload(sqlite_stack: Stack, long_run: d
     assert chart.evaluate(PAINTED_PIXELS)["painted"] > 1000
 
     # Cancel from the page: htmx swaps the live block, which keeps polling until the run has stopped.
+    dialogs: list[str] = []
+    page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))  # hx-confirm asks first
     page.locator("#run-live button", has_text="Cancel").click()
     page.locator('#run-live[data-status="cancelled"]').wait_for(timeout=120_000)
     assert page.locator("#run-live .badge").inner_text() == "cancelled"
+    assert dialogs and "Cancel run" in dialogs[0], dialogs
     assert page.locator("#run-live button", has_text="Cancel").count() == 0
     assert page.evaluate("window.__sameDocument") is True

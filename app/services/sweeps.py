@@ -37,6 +37,21 @@ NAME_MAX = 100
 #: A run in one of these states is not trained again when an identical spec is submitted (unless rerun).
 REUSABLE = (RunStatus.succeeded, RunStatus.queued, RunStatus.running)
 ACTIVE = (RunStatus.queued, RunStatus.running)
+#: A run spec nests four levels at most (dataset.columns.x); a base, grid or override nested deeper is refused as
+#: such, before anything walks it recursively (copying a base 900 levels deep exhausted the stack: a 500).
+MAX_SPEC_DEPTH = 32
+TOO_DEEP = f"nested too deeply: a run spec is a few levels deep; give one nested at most {MAX_SPEC_DEPTH} levels"
+
+
+def json_depth(value: Any, limit: int = MAX_SPEC_DEPTH) -> int:
+    """How deeply a JSON value nests, counted iteratively (so any depth is safe) and up to just past `limit`."""
+    deepest, stack = 0, [(value, 0)]
+    while stack and deepest <= limit:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level + 1)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 class SweepRequest(StrictModel):
@@ -63,6 +78,13 @@ class SweepRequest(StrictModel):
         '{"method.name": "lora", "method.r": 8}]; combined with every point of the grid.',
     )
     rerun: bool = Field(False, description="Train again even when an identical run already succeeded.")
+
+    @field_validator("base", "grid", "overrides", mode="before")
+    @classmethod
+    def _not_too_deep(cls, value: Any) -> Any:
+        if json_depth(value) > MAX_SPEC_DEPTH:
+            raise ValueError(TOO_DEEP)
+        return value
 
     @field_validator("grid")
     @classmethod

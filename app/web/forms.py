@@ -91,8 +91,21 @@ def _bound(prop: dict[str, Any], inclusive: str, exclusive: str) -> float | None
     return None
 
 
+class FormConflict(ValueError):
+    """Two form fields that cannot both be: `training=x` and `training.max_steps=5` (a value and a group)."""
+
+    def __init__(self, field: str, child: str) -> None:
+        self.field = field
+        super().__init__(
+            f"sent both as a value ({field}) and as a group of fields ({child}): send either {field} or its "
+            f"fields {field}.*, not both"
+        )
+
+
 def spec_from_form(form: Mapping[str, Any], list_fields: frozenset[str], bool_fields: frozenset[str]) -> dict:
-    """Nest dotted form fields into a spec dict. Empty inputs are left out, so the spec's defaults apply."""
+    """Nest dotted form fields into a spec dict. Empty inputs are left out, so the spec's defaults apply.
+
+    Raises FormConflict when one name is both a value and the parent of another field (`name=a&name.x=b`)."""
     spec: dict[str, Any] = {}
     for path in bool_fields:
         _set(spec, path, path in form and str(form[path]).lower() in {"on", "true", "1"})
@@ -112,9 +125,32 @@ def spec_from_form(form: Mapping[str, Any], list_fields: frozenset[str], bool_fi
 def _set(spec: dict[str, Any], path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
     node = spec
-    for part in parents:
-        node = node.setdefault(part, {})
+    for depth, part in enumerate(parents, start=1):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise FormConflict(".".join(parents[:depth]), path)
+        node = child
+    if isinstance(node.get(leaf), dict):
+        raise FormConflict(path, _first_leaf(path, node[leaf]))
     node[leaf] = value
+
+
+def _first_leaf(path: str, group: dict[str, Any]) -> str:
+    key, value = next(iter(group.items()))
+    return _first_leaf(f"{path}.{key}", value) if isinstance(value, dict) and value else f"{path}.{key}"
+
+
+def sections(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values as the form shows them again: a group field that came as a plain value (`method=x`) is shown
+    as an empty group, and a value field that came as a group as empty (its error says what was wrong)."""
+    shown = dict(values)
+    for key in ("dataset", "method", "training", "placement"):
+        if key in shown and not isinstance(shown[key], dict):
+            shown[key] = {}
+    for key in ("name", "model"):
+        if isinstance(shown.get(key), dict):
+            shown[key] = ""
+    return shown
 
 
 def errors_by_field(exc: ValidationError) -> dict[str, str]:

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.services.demo import DEMO_DATASET, DEMO_MODEL_DIRNAME
 from app.services.submit import submit_run
 from app.web.deps import SessionDep, load_run
-from app.web.forms import errors_by_field, fields_for, spec_from_form
+from app.web.forms import FormConflict, errors_by_field, fields_for, sections, spec_from_form
 from app.web.templating import is_htmx, templates
 from runspec import METHODS, DatasetSpec, PlacementSpec, RunSpec, TrainingSpec
 from runspec.spec import DEFAULT_DATASET, DEFAULT_MODEL
@@ -24,6 +24,7 @@ page_router = APIRouter()
 
 
 def _form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
+    values = sections(values)
     method_values = values.get("method") or {}
     method_name = method_values.get("name", "lora")
     method_cls = METHODS.get(method_name, METHODS["lora"])
@@ -117,7 +118,10 @@ async def create_run_from_form(request: Request, session: SessionDep) -> Respons
             lists, bools = _field_kinds(model, prefix)
             list_fields |= lists
             bool_fields |= bools
-    values = spec_from_form(dict(form), frozenset(list_fields), frozenset(bool_fields))
+    try:
+        values = spec_from_form(dict(form), frozenset(list_fields), frozenset(bool_fields))
+    except FormConflict as exc:
+        return _refused_form(request, {}, {exc.field: str(exc)})
     try:
         spec = RunSpec.model_validate(values)
     except ValidationError as exc:

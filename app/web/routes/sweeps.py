@@ -4,7 +4,6 @@ tables refresh as htmx fragments."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -16,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from app.services import sweeps as sweep_service
 from app.services.sweeps import SweepInvalid, SweepRequest
 from app.web.deps import SessionDep, SweepDep
+from app.web.schemas import Problem, UtcDateTime
 from app.web.templating import is_htmx, templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from tunedeck_state import runs as run_service
@@ -43,7 +43,7 @@ class SweepRunOut(BaseModel):
 class SweepOut(BaseModel):
     id: int
     name: str
-    created_at: datetime
+    created_at: UtcDateTime
     state: str
     progress: float
     total: int
@@ -119,7 +119,9 @@ def invalid_response(exc: SweepInvalid) -> JSONResponse:
     "/sweeps",
     status_code=status.HTTP_201_CREATED,
     response_model=SweepOut,
-    responses={422: {"description": "an expanded run is invalid: detail names its run_index and field"}},
+    responses={
+        422: {"model": Problem, "description": "an expanded run is invalid: detail names its run_index and field"}
+    },
 )
 def create_sweep(request: SweepRequest, session: SessionDep) -> Any:
     """Expand the grid (× overrides), validate every run, store them and queue the new ones. Runs identical
@@ -311,6 +313,9 @@ def _request_from_form(form: dict[str, Any]) -> tuple[dict[str, Any], SweepReque
             raise ValueError("the base spec must be a JSON object")
     except ValueError as exc:
         problems.append({"run_index": None, "run_name": None, "field": "base", "msg": f"not valid JSON: {exc}"})
+        base = {}
+    except RecursionError:  # json.loads of "[[[[…" thousands deep
+        problems.append({"run_index": None, "run_name": None, "field": "base", "msg": sweep_service.TOO_DEEP})
         base = {}
     grid: dict[str, list[Any]] = {}
     for row in vary:
