@@ -18,8 +18,8 @@ from app.services.compare.views import DEFAULT_OBJECTIVE, ViewInvalid
 
 __all__ = [
     "CACHE",
-    "DEFAULT_OBJECTIVE",
     "DEFAULT_MAX_POINTS",
+    "DEFAULT_OBJECTIVE",
     "MAX_RUNS",
     "RunsNotFound",
     "SeriesCache",

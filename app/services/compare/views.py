@@ -105,7 +105,7 @@ def parallel(
             "lower_is_better": lower,
         }
     )
-    points = []
+    points: list[dict[str, Any]] = []
     for run, row in zip(runs, rows, strict=True):
         values = {axis["key"]: _value(axis, flats[run.id].get(axis["key"])) for axis in axes[:-1]}
         values[objective] = row[objective]
@@ -163,7 +163,9 @@ def importance(view: Mapping[str, Any]) -> dict[str, Any]:
             lo_f, hi_f = float(min(values)), float(max(values))
             distributions[axis["key"]] = FloatDistribution(lo_f, hi_f, log=lo_f > 0 and hi_f / lo_f >= LOG_RATIO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "minimize" if view["objective"]["lower_is_better"] else "maximize"
+    direction = optuna.study.StudyDirection.MINIMIZE
+    if not view["objective"]["lower_is_better"]:
+        direction = optuna.study.StudyDirection.MAXIMIZE
     study = optuna.create_study(direction=direction)  # in memory: nothing is stored
     for point in scored:
         trial_params = {

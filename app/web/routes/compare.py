@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
-
 from urllib.parse import urlencode
 
 import orjson
