@@ -107,7 +107,7 @@ def compare(
         "curves": curves,
         "group_by": by,
         "groups": groups,
-        "group_curves": group_curves(curves, groups),
+        "group_curves": group_curves(curves, groups) if by else {},
         "parallel": view,
         "importance": importance(view),
         "params": _param_charts(runs, flats, rows),
