@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     PrimaryKeyConstraint,
     String,
     Text,
@@ -133,6 +134,32 @@ class Metric(Base):
     key: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer)
     value: Mapped[float] = mapped_column(Float)
+
+
+class MetricRollup(Base):
+    """A finished attempt's series of one metric, rolled up once (tunedeck_state.rollups, written by finish_run):
+    its summary statistics and its min/max points at the finest bucket width a comparison's chart can ask for, so
+    a comparison reads a few hundred points per series instead of every logged one. Valid while the run is final
+    and still at `attempt`; otherwise the series is read from the metrics table."""
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = (PrimaryKeyConstraint("run_id", "key", name="pk_metric_rollups"),)
+
+    run_id: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    #: bucket width of `steps`/`values`; 0: every point is kept
+    width: Mapped[float] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(Integer)
+    first_x: Mapped[float] = mapped_column(Float)
+    last_x: Mapped[float] = mapped_column(Float)
+    minimum: Mapped[float] = mapped_column(Float)
+    maximum: Mapped[float] = mapped_column(Float)
+    mean: Mapped[float] = mapped_column(Float)
+    last: Mapped[float] = mapped_column(Float)
+    #: little-endian float64 arrays: the kept points' true steps (xs) and values (ys), in step order
+    xs: Mapped[bytes] = mapped_column(LargeBinary)
+    ys: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class RunLog(Base):

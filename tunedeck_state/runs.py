@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from runspec import RunSpec
 from tunedeck_state.models import RUN_LOSS_SORT_INDEXES, Metric, Run, RunEvent, RunLog, RunStatus, utcnow
+from tunedeck_state.rollups import write_rollups
 
 LOG_LINE_MAX = 2000
 
@@ -337,7 +338,7 @@ def finish_run(session: Session, run_id: int, outcome: RunOutcome, attempt: int 
         value = getattr(outcome, field)
         if value is not None:
             values[field] = value
-    return _transition(
+    finished = _transition(
         session,
         run_id,
         expected=[RunStatus.running],
@@ -346,6 +347,9 @@ def finish_run(session: Session, run_id: int, outcome: RunOutcome, attempt: int 
         values=values,
         attempt=attempt,
     )
+    if finished:  # its series no longer change: roll them up once for comparisons (tunedeck_state.rollups)
+        write_rollups(session, run_id, session.scalar(select(Run.attempt).where(Run.id == run_id)) or 1)
+    return finished
 
 
 def get_metrics(

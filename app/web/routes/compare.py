@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -39,7 +40,10 @@ def parse_run_ids(raw: str | list[str] | None) -> list[int]:
     return ids
 
 
-def resolve_run_ids(session: Session, run_ids: str | list[str] | None, sweep_id: int | None) -> list[int]:
+def resolve_run_ids(
+    session: Session, run_ids: str | list[str] | None, sweep_id: int | None, varied: list[str] | None = None
+) -> list[int]:
+    """The runs to compare; a sweep's varied spec paths are appended to `varied` when one is given."""
     ids = parse_run_ids(run_ids)
     if sweep_id is not None:
         try:
@@ -47,6 +51,8 @@ def resolve_run_ids(session: Session, run_ids: str | list[str] | None, sweep_id:
         except sweep_service.SweepNotFound:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"sweep {sweep_id} does not exist") from None
         ids += [member.run_id for member in sweep.members if member.run_id not in ids]
+        if varied is not None:
+            varied += list(sweep.varied or [])
     if not ids:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, "run_ids: give the runs to compare, e.g. run_ids=1,2,3 (or sweep_id)"
@@ -78,13 +84,27 @@ def compare(
         compare_service.DEFAULT_MAX_POINTS
     ),
     format: Annotated[Literal["json", "csv"], Query(description="csv: the table only.")] = "json",
+    group_by: Annotated[
+        str | None, Query(description="Group the runs by these config fields (comma-separated spec paths: method.r).")
+    ] = None,
+    objective: Annotated[
+        str, Query(description="The metric of the parallel coordinates and the parameter importances.")
+    ] = compare_service.DEFAULT_OBJECTIVE,
 ) -> Response:
-    """Compare any set of runs. Curves are downsampled on the server (min/max per bucket, so spikes stay)."""
-    ids = resolve_run_ids(session, run_ids, sweep_id)
+    """Compare any set of runs. Curves are downsampled on the server (min/max per bucket, so spikes stay). With the
+    views that explain a sweep: parallel coordinates over the swept parameters (a sweep's varied paths, else the
+    fields that differ) and the objective, PED-ANOVA importances, and groups by any config field."""
+    varied: list[str] = []
+    ids = resolve_run_ids(session, run_ids, sweep_id, varied)
+    by = [p.strip() for p in (group_by or "").split(",") if p.strip()] or None
     try:
-        comparison = compare_service.compare(session, ids, x=x, max_points=max_points)
+        comparison = compare_service.compare(
+            session, ids, x=x, max_points=max_points, params=varied, group_by=by, objective=objective
+        )
     except compare_service.RunsNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except compare_service.ViewInvalid as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if format == "csv":
         return Response(
             compare_service.table_csv(comparison),
@@ -94,12 +114,22 @@ def compare(
     return Response(orjson.dumps(comparison, option=orjson.OPT_NON_STR_KEYS), media_type="application/json")
 
 
+def view_query(group_by: str | None, objective: str | None) -> str:
+    """The page's view parameters, passed on to GET /api/compare (which checks them)."""
+    parts = {"group_by": group_by, "objective": objective}
+    return urlencode({k: v for k, v in parts.items() if v}, safe=",")
+
+
 # -- compare ---------------------------------------------------------------------------------------------
 
 
 @page_router.get("/compare", response_class=HTMLResponse)
 def compare_page(
-    request: Request, run_ids: Annotated[list[str] | None, Query()] = None, sweep_id: int | None = None
+    request: Request,
+    run_ids: Annotated[list[str] | None, Query()] = None,
+    sweep_id: int | None = None,
+    group_by: str | None = None,
+    objective: str | None = None,
 ) -> Response:
     ids = parse_run_ids(run_ids)
     if not ids and sweep_id is None:
@@ -108,7 +138,11 @@ def compare_page(
         )
     query = "&".join(
         part
-        for part in (f"run_ids={','.join(map(str, ids))}" if ids else "", f"sweep_id={sweep_id}" if sweep_id else "")
+        for part in (
+            f"run_ids={','.join(map(str, ids))}" if ids else "",
+            f"sweep_id={sweep_id}" if sweep_id else "",
+            view_query(group_by, objective),
+        )
         if part
     )
     return templates.TemplateResponse(request, "compare.html", {"query": query, "run_ids": ids, "sweep_id": sweep_id})

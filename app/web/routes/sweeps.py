@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -191,9 +192,14 @@ def _sweep_context(sweep: Sweep) -> dict[str, Any]:
 
 
 @page_router.get("/sweeps/{sweep_id:int}", response_class=HTMLResponse)
-def sweep_page(request: Request, sweep: SweepDep) -> Response:
+def sweep_page(
+    request: Request, sweep: SweepDep, group_by: str | None = None, objective: str | None = None
+) -> Response:
     block = "sweep_live" if is_htmx(request) else None
-    return templates.TemplateResponse(request, "sweep.html", _sweep_context(sweep), block_name=block)
+    # the comparison's view parameters, passed on to GET /api/compare (which checks them)
+    view = urlencode({k: v for k, v in {"group_by": group_by, "objective": objective}.items() if v}, safe=",")
+    context = {**_sweep_context(sweep), "view_query": "&" + view if view else ""}
+    return templates.TemplateResponse(request, "sweep.html", context, block_name=block)
 
 
 @page_router.post("/sweeps/{sweep_id:int}/cancel", response_class=HTMLResponse)
