@@ -21,5 +21,6 @@ def cancel(session: Session, run_id: int) -> Run:
 
 
 def resume(session: Session, run_id: int) -> None:
-    """Queue a failed, cancelled or pruned run again as a new attempt, after the commit (InvalidTransition otherwise)."""
+    """Queue a failed, cancelled or pruned run again as a new attempt, after the commit (InvalidTransition
+    otherwise)."""
     dispatch.resume(session, run_id)

@@ -193,7 +193,7 @@ def corner_changes(space: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A few points that between them touch every path, bound and choice: each is validated as a spec before the
     sweep is stored, so an unknown path or a value the spec refuses is a 422 at once, not a failed trial."""
     corners: list[dict[str, Any]] = []
-    methods = method_subspaces(space) or {None: {}}
+    methods: dict[str | None, dict[str, Any]] = dict(method_subspaces(space).items()) or {None: {}}
     for method, sub in methods.items():
         for end in ("low", "high"):
             changes: dict[str, Any] = {} if method is None else {METHOD_NAME: method}

@@ -38,7 +38,7 @@ class SearchConfig(StrictModel):
 
     strategy: str = "grid"
     space: dict[str, Any] = Field(default_factory=dict)
-    objective: Objective = Field(default_factory=Objective)  # type: ignore[arg-type]
+    objective: Objective = Field(default_factory=Objective)
     budget: Budget | None = None
     pruner: PrunerSpec | None = None
     seed: int = 0
