@@ -22,6 +22,8 @@ class RunOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    #: Why its sweep's pruner stopped it (status pruned).
+    prune_reason: str | None = None
     attempt: int
     worker: str | None
     step: int
