@@ -32,7 +32,8 @@ def search_stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any) -> 
 
 
 def _body(tiny_assets: Any, **changes: Any) -> dict[str, Any]:
-    base = tiny_spec(tiny_assets, "unused", training={"max_steps": STEPS, "eval_steps": 2, "learning_rate": 1e-3})
+    training = {"max_steps": STEPS, "eval_steps": 2, "learning_rate": 1e-3, "eval_generation_samples": 0}
+    base = tiny_spec(tiny_assets, "unused", training=training)
     base.pop("name")
     body: dict[str, Any] = {
         "name": "tpe search",

@@ -111,11 +111,22 @@ def _explain(config: SearchConfig, trials: Sequence[FrozenTrial], trial: FrozenT
     if pruner.type == "median" and at_step:
         median = float(np.nanmedian(at_step))
         side = "above" if minimize else "below"
-        return f"{value} is {side} the median {median:.4g} of {len(at_step)} runs at step {step}"
+        digits = _digits(best, median)
+        value = value.replace(f"{(latest if best == latest else best):.4g}", f"{best:.{digits}g}")
+        runs = "run" if len(at_step) == 1 else "runs"
+        return f"{value} is {side} the median {median:.{digits}g} of {len(at_step)} {runs} at step {step}"
     return (
         f"{value} is not among the best 1/{pruner.reduction_factor} of the runs that reached this rung "
         f"(hyperband, {len(at_step)} finished runs have an eval loss at step {step})"
     )
+
+
+def _digits(a: float, b: float) -> int:
+    """Significant digits enough to tell a from b apart when printed (4 at least, 10 at most)."""
+    for digits in range(4, 11):
+        if f"{a:.{digits}g}" != f"{b:.{digits}g}":
+            return digits
+    return 10
 
 
 def steps_saved(runs: Sequence[Run]) -> int:
