@@ -110,7 +110,11 @@ def parse_entry(path: str, raw: Any) -> Range | list[Any] | Any:
         names = []
         for choice in raw:
             if path == METHOD_NAME and isinstance(choice, Mapping):
-                if set(choice) - {"name", "space"} or not isinstance(choice.get("name"), str):
+                if (
+                    set(choice) - {"name", "space"}
+                    or not isinstance(choice.get("name"), str)
+                    or not isinstance(choice.get("space", {}), Mapping)
+                ):
                     raise ValueError('a method choice is a name or {"name": ..., "space": {...}}')
                 names.append(choice["name"])
             elif choice is None or isinstance(choice, bool | int | float | str):
