@@ -4,13 +4,17 @@ are shown with their reason and resume to the end. And the 4xx for bad search fi
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
-from harness.stack import Stack, stack_env
+from harness.stack import ROOT, Stack, stack_env
 from tests.conftest import tiny_spec
 
 TRIALS = 4
@@ -118,13 +122,22 @@ def _wait_sweep(client: Any, sweep_id: int, timeout: float = 900) -> dict[str, A
     raise TimeoutError(f"sweep {sweep_id}: {sweep['state']} {sweep['counts']}")
 
 
-def test_tpe_sweep_with_median_pruner_end_to_end(search_stack: Stack, tiny_assets: Any) -> None:
+def test_tpe_sweep_with_median_pruner_end_to_end(
+    search_stack: Stack, tiny_assets: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Launched by `tunedeck sweep FILE`, followed through the API."""
+    path = tmp_path_factory.mktemp("search") / "search.yaml"
+    path.write_text(yaml.safe_dump(_body(tiny_assets)))
+    env = {k: v for k, v in search_stack.env.items() if not k.startswith("TUNEDECK_")}
+    command = [sys.executable, "-m", "tunedeck_cli.main", "sweep", str(path), "--url", search_stack.base_url]
+    launched = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    assert f"tpe search of {TRIALS} trials, 1 queued" in launched.stdout, launched.stdout
+    sweep_id = int(re.search(r"sweep #(\d+)", launched.stdout).group(1))  # type: ignore[union-attr]
     with search_stack.client() as client:
-        response = client.post("/api/sweeps", json=_body(tiny_assets))
-        assert response.status_code == 201, response.text
-        created = response.json()
+        created = client.get(f"/api/sweeps/{sweep_id}").json()
         assert created["strategy"] == "tpe" and created["max_runs"] == TRIALS
-        assert created["total"] == 1  # max_concurrent 1: one trial asked at first, the next as each run ends
+        assert created["total"] < TRIALS  # max_concurrent 1: one trial asked at first, the next as each run ends
         sweep = _wait_sweep(client, created["id"])
         assert sweep["total"] == TRIALS, sweep
         statuses = {run["status"] for run in sweep["runs"]}
