@@ -78,6 +78,7 @@ def _keep_system_attrs(sweep: Sweep, current: Member, trial: FrozenTrial) -> Non
     attrs = {k: v for k, v in trial.system_attrs.items() if k.startswith("completed_rung")}
     if not attrs or attrs == current.system_attrs:
         return
+    current.system_attrs = attrs
     session = Session.object_session(sweep)
     if session is None:
         return
