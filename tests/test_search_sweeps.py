@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,11 +22,9 @@ TRIALS = 4
 STEPS = 8
 
 
-@pytest.fixture(scope="module")
-def search_stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any) -> Iterator[Stack]:
+def _started(data_dir: Any, **env: Any) -> Iterator[Stack]:
     """A stack whose steps take a little while, so a pruning decision reaches the run before it ends."""
-    data_dir = tmp_path_factory.mktemp("search-stack")
-    stack = Stack(data_dir=data_dir, env=stack_env(data_dir, TUNEDECK_TEST_STEP_DELAY_SECONDS="0.4"))
+    stack = Stack(data_dir=data_dir, env=stack_env(data_dir, TUNEDECK_TEST_STEP_DELAY_SECONDS="0.4", **env))
     try:
         stack.start_server()
         stack.start_worker("training")
@@ -33,6 +32,37 @@ def search_stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any) -> 
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def search_stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any) -> Iterator[Stack]:
+    yield from _started(tmp_path_factory.mktemp("search-stack"))
+
+
+@pytest.fixture(scope="module")
+def search_stack_postgres(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any) -> Iterator[Stack]:
+    """PostgreSQL (a database of its own) and Redis (a database number of its own: no other stack's worker)."""
+    import redis
+    import sqlalchemy as sa
+
+    from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, _services_unavailable
+
+    name = f"tunedeck_search_{uuid.uuid4().hex[:10]}"
+    broker = REDIS_URL.rsplit("/", 1)[0] + "/14"
+    try:
+        redis.Redis.from_url(broker).flushdb()
+        admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        _services_unavailable(f"PostgreSQL or Redis unreachable: {exc}")
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield from _started(tmp_path_factory.mktemp("search-pg"), database_url=url, broker_url=broker)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def _body(tiny_assets: Any, **changes: Any) -> dict[str, Any]:
@@ -125,7 +155,18 @@ def _wait_sweep(client: Any, sweep_id: int, timeout: float = 900) -> dict[str, A
 def test_tpe_sweep_with_median_pruner_end_to_end(
     search_stack: Stack, tiny_assets: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Launched by `tunedeck sweep FILE`, followed through the API."""
+    """SQLite: launched by `tunedeck sweep FILE`, followed through the API."""
+    _tpe_sweep_end_to_end(search_stack, tiny_assets, tmp_path_factory)
+
+
+@pytest.mark.services
+def test_tpe_sweep_with_median_pruner_on_postgres(
+    search_stack_postgres: Stack, tiny_assets: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    _tpe_sweep_end_to_end(search_stack_postgres, tiny_assets, tmp_path_factory)
+
+
+def _tpe_sweep_end_to_end(search_stack: Stack, tiny_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     path = tmp_path_factory.mktemp("search") / "search.yaml"
     path.write_text(yaml.safe_dump(_body(tiny_assets)))
     env = {k: v for k, v in search_stack.env.items() if not k.startswith("TUNEDECK_")}
