@@ -36,10 +36,12 @@ class RunStatus(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    #: Stopped early by its sweep's pruner (Run.prune_reason says why); it keeps its checkpoint and can be resumed.
+    pruned = "pruned"
 
     @property
     def is_final(self) -> bool:
-        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
+        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled, RunStatus.pruned)
 
 
 #: The run lists' loss sorts read a page's ids from these alone (the filters' columns ride along), never from the
@@ -99,6 +101,8 @@ class Run(Base):
     priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
     #: Why a queued run is not running yet ("needs 31 GiB, largest GPU has 24 GiB"); cleared when claimed.
     wait_reason: Mapped[str | None] = mapped_column(Text)
+    #: Why its sweep's pruner stopped it ("eval loss 2.31 at step 40 is above the median 1.97 of 5 runs at step 40").
+    prune_reason: Mapped[str | None] = mapped_column(Text)
 
     events: Mapped[list[RunEvent]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="RunEvent.id"
@@ -200,6 +204,10 @@ class Sweep(Base):
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: Dotted spec paths the sweep varies (grid keys and override keys), in the order given.
     varied: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: grid (the runs are expanded at once), random or tpe (trials asked of Optuna as runs end: tunedeck_state.search).
+    strategy: Mapped[str] = mapped_column(String(16), default="grid", server_default="grid")
+    #: Trials of a search sweep asked so far (its budget's max_runs caps it; the lock of concurrent askers).
+    trials_asked: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     members: Mapped[list[SweepRun]] = relationship(
         back_populates="sweep", cascade="all, delete-orphan", order_by="SweepRun.position"
@@ -216,6 +224,8 @@ class SweepRun(Base):
     position: Mapped[int] = mapped_column(Integer)
     #: True when an identical run already existed and was not trained again.
     reused: Mapped[bool] = mapped_column(default=False)
+    #: A search trial: {"number", "params": the study's parameter values, "system_attrs": the pruner's notes}.
+    trial: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     sweep: Mapped[Sweep] = relationship(back_populates="members")
     run: Mapped[Run] = relationship()

@@ -7,7 +7,7 @@ the database row is the lock.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from runspec import RunSpec
 from tunedeck_state.models import RUN_LOSS_SORT_INDEXES, Metric, Run, RunEvent, RunLog, RunStatus, utcnow
 from tunedeck_state.rollups import write_rollups
+from tunedeck_state.search import pruning
 
 LOG_LINE_MAX = 2000
 
@@ -207,8 +208,9 @@ class ProgressUpdate:
 def record_progress(session: Session, run_id: int, update_: ProgressUpdate, attempt: int | None = None) -> bool:
     """Write one batch from a training run: metrics, log lines, progress and heartbeat.
 
-    Returns True when the user asked the run to stop, or when `attempt` is no longer the run's running
-    attempt (it was declared lost, or a newer attempt replaced it): then nothing is written."""
+    Returns True when the user asked the run to stop, when its sweep's pruner stops it at this batch's eval loss
+    (search.pruning), or when `attempt` is no longer the run's running attempt (it was declared lost, or a newer
+    attempt replaced it): then nothing is written."""
     run = get_run(session, run_id)
     if attempt is not None and (run.attempt != attempt or run.status_enum is not RunStatus.running):
         return True
@@ -238,6 +240,8 @@ def record_progress(session: Session, run_id: int, update_: ProgressUpdate, atte
         elapsed = (now - _aware(run.started_at)).total_seconds()
         run.eta_seconds = max(0.0, elapsed / done * (run.max_steps - run.step))
     run.heartbeat_at = now
+    if update_.metrics:
+        pruning.check_after_eval(session, run, update_.metrics)
     return bool(run.cancel_requested)
 
 
@@ -322,11 +326,18 @@ class RunOutcome:
 
 
 def finish_run(session: Session, run_id: int, outcome: RunOutcome, attempt: int | None = None) -> bool:
+    """running → the outcome's state, for that attempt only. A run stopped because its sweep's pruner asked
+    (prune_reason set) ends `pruned` with that reason rather than `cancelled`."""
+    prune_reason = session.scalar(select(Run.prune_reason).where(Run.id == run_id))
+    if outcome.status is RunStatus.cancelled and prune_reason:
+        outcome = replace(outcome, status=RunStatus.pruned, reason=f"pruned: {prune_reason}")
     values: dict[str, Any] = {
         "finished_at": utcnow(),
         "error": outcome.error,
         "eta_seconds": 0.0 if outcome.status is RunStatus.succeeded else None,
     }
+    if outcome.status is not RunStatus.pruned:
+        values["prune_reason"] = None  # it trained to its end (or failed) before the pruner's stop arrived
     for field in (
         "trainable_params",
         "total_params",

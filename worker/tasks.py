@@ -17,6 +17,7 @@ from tunedeck_state import lifecycle
 from tunedeck_state import runs as run_service
 from tunedeck_state.db import session_scope
 from tunedeck_state.models import RunStatus
+from tunedeck_state.search.trials import sweep_to_continue
 from tunedeck_state.settings import get_settings
 from tunedeck_state.settings_checks import heartbeat_interval
 from worker import gpu_slots
@@ -97,7 +98,9 @@ def train_run(self: Task, run_id: int, attempt: int) -> None:
     with session_scope() as session:
         finished = run_service.finish_run(session, run_id, outcome, attempt=attempt)
         retry = lifecycle.retry_if_allowed(session, run_id, outcome.error or "") if finished and retryable else None
+        search_sweep = sweep_to_continue(session, run_id) if finished and retry is None else None
     dispatch.enqueue_attempts([retry] if retry else [])
+    dispatch.continue_sweeps([search_sweep])
 
 
 @celery_app.task(name=INSPECT_MODEL_TASK, ignore_result=False)

@@ -61,7 +61,7 @@ def is_peft(run: Run) -> bool:
 
 
 def available_kinds(run: Run) -> list[Kind]:
-    if not run.artifact_dir or run.status not in (RunStatus.succeeded, RunStatus.cancelled):
+    if not run.artifact_dir or run.status not in (RunStatus.succeeded, RunStatus.cancelled, RunStatus.pruned):
         return []
     if not is_peft(run):
         return ["model"]
@@ -72,7 +72,7 @@ def export_folder(runs_dir: Path, run: Run, kind: Kind) -> Path:
     """The folder to export, resolved and checked to lie inside the run's folder."""
     if kind not in KINDS:
         raise ExportRefused(f"unknown export {kind!r}; choose adapter, model or merged")
-    if run.status not in (RunStatus.succeeded, RunStatus.cancelled) or not run.artifact_dir:
+    if run.status not in (RunStatus.succeeded, RunStatus.cancelled, RunStatus.pruned) or not run.artifact_dir:
         raise ExportRefused(f"run {run.id} is {run.status} and has saved no result to export")
     peft = is_peft(run)
     if kind == "adapter" and not peft:

@@ -32,6 +32,8 @@ class RunOut(BaseModel):
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None
     error: str | None
+    #: Why its sweep's pruner stopped it (status pruned).
+    prune_reason: str | None = None
     attempt: int
     worker: str | None
     step: int

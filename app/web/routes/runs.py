@@ -236,7 +236,7 @@ def cancel_run(run: RunDep, session: SessionDep) -> Any:
 
 @api_router.post("/runs/{run_id}/resume", response_model=RunDetail)
 def resume_run(run: RunDep, session: SessionDep) -> Any:
-    """Queue a failed or cancelled run again (attempt + 1); it continues from its last complete checkpoint."""
+    """Queue a failed, cancelled or pruned run again (attempt + 1); it continues from its last complete checkpoint."""
     run_id = run.id
     try:
         control.resume(session, run_id)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.services import sweep_search
 from app.services import sweeps as sweep_service
 from app.services.sweeps import SweepInvalid, SweepRequest
 from app.web.deps import SessionDep, SweepDep
@@ -39,6 +40,8 @@ class SweepRunOut(BaseModel):
     final_train_loss: float | None
     final_eval_loss: float | None
     error: str | None
+    prune_reason: str | None
+    params: dict[str, Any] | None
 
 
 class SweepOut(BaseModel):
@@ -55,12 +58,20 @@ class SweepOut(BaseModel):
     runs: list[SweepRunOut]
     compare_url: str
     page_url: str
+    strategy: str
+    max_runs: int | None
+    steps_saved: int
 
 
 class SweepPreview(BaseModel):
     count: int
     names: list[str]
     varied: list[str]
+    strategy: str = "grid"
+    space: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None
+    objective: dict[str, Any] | None = None
+    pruner: dict[str, Any] | None = None
 
 
 def sweep_out(sweep: Sweep) -> dict[str, Any]:
@@ -79,6 +90,8 @@ def sweep_out(sweep: Sweep) -> dict[str, Any]:
             "final_train_loss": m.run.final_train_loss,
             "final_eval_loss": m.run.final_eval_loss,
             "error": m.run.error,
+            "prune_reason": m.run.prune_reason,
+            "params": (m.trial or {}).get("params"),
         }
         for m in sweep.members
     ]
@@ -97,6 +110,9 @@ def sweep_out(sweep: Sweep) -> dict[str, Any]:
         "runs": runs,
         "compare_url": f"/api/compare?sweep_id={sweep.id}",
         "page_url": f"/sweeps/{sweep.id}",
+        "strategy": sweep.strategy or "grid",
+        "max_runs": summary.max_runs,
+        "steps_saved": summary.steps_saved,
     }
 
 
@@ -125,10 +141,15 @@ def invalid_response(exc: SweepInvalid) -> JSONResponse:
     },
 )
 def create_sweep(request: SweepRequest, session: SessionDep) -> Any:
-    """Expand the grid (× overrides), validate every run, store them and queue the new ones. Runs identical
-    to one that already succeeded (or is queued or running) are reused unless `rerun` is true."""
+    """Grid: expand the grid (× overrides), validate every run, store them and queue the new ones. Runs identical
+    to one that already succeeded (or is queued or running) are reused unless `rerun` is true.
+    Random / TPE: check the space, store the sweep and queue its first budget.max_concurrent trials; the next
+    ones are asked as runs end."""
     try:
-        sweep = sweep_service.create_sweep(session, request)
+        if request.strategy == "grid":
+            sweep = sweep_service.create_sweep(session, sweep_search.grid_from_space(request))
+        else:
+            sweep = sweep_search.create_search_sweep(session, request)
     except SweepInvalid as exc:
         session.rollback()
         return invalid_response(exc)
@@ -137,9 +158,12 @@ def create_sweep(request: SweepRequest, session: SessionDep) -> Any:
 
 @api_router.post("/sweeps/preview", response_model=SweepPreview)
 def preview_sweep(request: SweepRequest) -> Any:
-    """How many runs the request makes and their names, validated, without launching anything."""
+    """How many runs the request makes and their names (a search: its space and budget), validated, without
+    launching anything."""
     try:
-        plan = sweep_service.plan_sweep(request)
+        if request.strategy != "grid":
+            return sweep_search.describe(request)
+        plan = sweep_service.plan_sweep(sweep_search.grid_from_space(request))
     except SweepInvalid as exc:
         return invalid_response(exc)
     return {"count": len(plan.runs), "names": [p.spec.name for p in plan.runs], "varied": plan.varied}
