@@ -17,6 +17,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -52,7 +53,7 @@ RUN_LOSS_SORT_INDEXES = {
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = tuple(
-        Index(name, column, "status", "method", "name") for column, name in RUN_LOSS_SORT_INDEXES.items()
+        Index(name, column, "status", "method", "name", "archived") for column, name in RUN_LOSS_SORT_INDEXES.items()
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -98,6 +99,13 @@ class Run(Base):
     priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
     #: Why a queued run is not running yet ("needs 31 GiB, largest GPU has 24 GiB"); cleared when claimed.
     wait_reason: Mapped[str | None] = mapped_column(Text)
+    #: Short labels (tunedeck_state/labels.py), notes (free text, rendered escaped), and archived: hidden from the
+    #: default list and from comparisons of a sweep or a tag, kept and restorable (migration 0008).
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    notes: Mapped[str | None] = mapped_column(Text)
+    archived: Mapped[bool] = mapped_column(default=False, server_default=false(), index=True)
+    #: Bytes of the run's folder (checkpoints, final artifact, merged model, exports), written when they change.
+    disk_bytes: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
     events: Mapped[list[RunEvent]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="RunEvent.id"
@@ -173,6 +181,9 @@ class Sweep(Base):
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: Dotted spec paths the sweep varies (grid keys and override keys), in the order given.
     varied: Mapped[list[str]] = mapped_column(JSON, default=list)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    notes: Mapped[str | None] = mapped_column(Text)
+    archived: Mapped[bool] = mapped_column(default=False, server_default=false(), index=True)
 
     members: Mapped[list[SweepRun]] = relationship(
         back_populates="sweep", cascade="all, delete-orphan", order_by="SweepRun.position"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -54,6 +54,9 @@ class SweepOut(BaseModel):
     runs: list[SweepRunOut]
     compare_url: str
     page_url: str
+    tags: list[str] = []
+    notes: str | None = None
+    archived: bool = False
 
 
 class SweepPreview(BaseModel):
@@ -96,6 +99,9 @@ def sweep_out(sweep: Sweep) -> dict[str, Any]:
         "runs": runs,
         "compare_url": f"/api/compare?sweep_id={sweep.id}",
         "page_url": f"/sweeps/{sweep.id}",
+        "tags": sweep.tags or [],
+        "notes": sweep.notes,
+        "archived": bool(sweep.archived),
     }
 
 
@@ -147,8 +153,13 @@ def list_sweeps(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    archived: Annotated[
+        Literal["false", "true", "any"],
+        Query(description="false: hide archived sweeps (the default); true: only them."),
+    ] = "false",
 ) -> Any:
-    return [sweep_out(s) for s in sweep_service.list_sweeps(session, limit=limit, offset=offset)]
+    chosen = {"false": False, "true": True, "any": None}[archived]
+    return [sweep_out(s) for s in sweep_service.list_sweeps(session, limit=limit, offset=offset, archived=chosen)]
 
 
 @api_router.get("/sweeps/{sweep_id}", response_model=SweepOut)
@@ -173,10 +184,10 @@ def _sweep_rows(sweeps: list[Sweep]) -> list[dict[str, Any]]:
 
 
 @page_router.get("/sweeps", response_class=HTMLResponse)
-def sweeps_page(request: Request, session: SessionDep) -> Response:
-    rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200))
+def sweeps_page(request: Request, session: SessionDep, archived: bool = False) -> Response:
+    rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200, archived=archived))
     block = "sweeps_table" if is_htmx(request) else None
-    return templates.TemplateResponse(request, "sweeps.html", {"rows": rows}, block_name=block)
+    return templates.TemplateResponse(request, "sweeps.html", {"rows": rows, "archived": archived}, block_name=block)
 
 
 def _sweep_context(sweep: Sweep) -> dict[str, Any]:
