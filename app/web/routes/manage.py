@@ -194,12 +194,12 @@ def _labels_block(request: Request, session: Session, run_id: int, code: int = 2
     return templates.TemplateResponse(request, "run_detail.html", context, block_name="labels", status_code=code)
 
 
-@page_router.get("/runs/{run_id}/labels", response_class=HTMLResponse)
+@page_router.get("/runs/{run_id:int}/labels", response_class=HTMLResponse)
 def labels_fragment(request: Request, run: RunDep, session: SessionDep, edit: bool = False) -> Response:
     return _labels_block(request, session, run.id, editing=edit)
 
 
-@page_router.post("/runs/{run_id}/labels", response_class=HTMLResponse)
+@page_router.post("/runs/{run_id:int}/labels", response_class=HTMLResponse)
 async def save_labels(request: Request, run: RunDep, session: SessionDep) -> Response:
     form = await request.form()
     values = {
@@ -223,13 +223,13 @@ async def save_labels(request: Request, run: RunDep, session: SessionDep) -> Res
     return _labels_block(request, session, run.id)
 
 
-@page_router.post("/runs/{run_id}/archive", response_class=HTMLResponse)
+@page_router.post("/runs/{run_id:int}/archive", response_class=HTMLResponse)
 def archive_from_page(request: Request, run: RunDep, session: SessionDep) -> Response:
     manage.update_run(session, run.id, RunPatch(archived=not run.archived))
     return _labels_block(request, session, run.id)
 
 
-@page_router.post("/runs/{run_id}/delete", response_class=HTMLResponse)
+@page_router.post("/runs/{run_id:int}/delete", response_class=HTMLResponse)
 def delete_from_page(request: Request, run: RunDep, session: SessionDep) -> Response:
     run_id = run.id
     try:
