@@ -7,7 +7,7 @@ Mounted before `runs`, so /runs/bulk/... is not read as /runs/{run_id}/...
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, Response
@@ -47,7 +47,9 @@ class DeletionOut(BaseModel):
 
 
 class BulkIds(BaseModel):
-    run_ids: list[int] = Field(..., min_length=1, max_length=manage.MAX_BULK, description="The runs to act on.")
+    run_ids: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(
+        ..., min_length=1, max_length=manage.MAX_BULK, description="The runs to act on."
+    )
 
 
 class BulkTags(BulkIds):
