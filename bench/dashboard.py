@@ -215,11 +215,11 @@ status, method, train or eval loss walks an index (0005; 0007 makes each loss in
 
 A cold comparison used to read every point (1.5 s for 50 runs, 2 M points; 200 runs × 10,000 steps × 4 metrics
 took 4.0 s only to fetch the 8 M rows on SQLite, and SQL-side aggregates over them 2.8 s). Now each finished run's
-series are rolled up once when it ends (migration 0011, `tunedeck_state.rollups`): the summary statistics and the
+series are rolled up once when it ends (migration 0010, `tunedeck_state.rollups`): the summary statistics and the
 first min and max of every bucket at the finest width a default chart can ask for (25 steps for a 10,000-step run,
 at most 800 points), with their true steps. A comparison reads those 800 rows in one query and re-buckets them
 at the chart's width with numpy (`downsample.minmax_arrays`), which gives exactly what bucketing every point
-does (tests/test_compare_views.py). Live runs, runs finished before migration 0011, `x=tokens` and curves finer
+does (tests/test_compare_views.py). Live runs, runs finished before migration 0010, `x=tokens` and curves finer
 than the rollup (`max_points` above 1,000) still read their points.
 """
 

@@ -206,7 +206,8 @@ class TrainingSpec(StrictModel):
 
 
 class PlacementSpec(StrictModel):
-    """Where and when a run trains (not what it is: left out of the spec hash, so it never makes a run different)."""
+    """Where and when a run trains, and what it keeps on disk (not what it is: left out of the spec hash, so it never
+    makes a run different)."""
 
     worker: str | None = Field(
         None,
@@ -225,6 +226,14 @@ class PlacementSpec(StrictModel):
         le=9,
         description="0 to 9: among queued runs a higher priority starts first (Redis broker; the embedded "
         "single-machine broker keeps submission order).",
+    )
+    keep_checkpoints: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Checkpoints kept on disk: the newest N while training (a failed or cancelled run resumes from "
+        "the newest); 0 keeps one while training and removes it when the run succeeds (the final adapter or model "
+        "stays). Empty: the server's default (TUNEDECK_KEEP_CHECKPOINTS).",
     )
 
     @field_validator("worker", "gpu_type", mode="before")

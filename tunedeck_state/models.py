@@ -18,6 +18,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -55,7 +56,7 @@ RUN_LOSS_SORT_INDEXES = {
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = tuple(
-        Index(name, column, "status", "method", "name") for column, name in RUN_LOSS_SORT_INDEXES.items()
+        Index(name, column, "status", "method", "name", "archived") for column, name in RUN_LOSS_SORT_INDEXES.items()
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -103,6 +104,13 @@ class Run(Base):
     wait_reason: Mapped[str | None] = mapped_column(Text)
     #: Why its sweep's pruner stopped it ("eval loss 2.31 at step 40 is above the median 1.97 of 5 runs at step 40").
     prune_reason: Mapped[str | None] = mapped_column(Text)
+    #: Short labels (tunedeck_state/labels.py), notes (free text, rendered escaped), and archived: hidden from the
+    #: default list and from comparisons of a sweep or a tag, kept and restorable (migration 0008).
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    notes: Mapped[str | None] = mapped_column(Text)
+    archived: Mapped[bool] = mapped_column(default=False, server_default=false(), index=True)
+    #: Bytes of the run's folder (checkpoints, final artifact, merged model, exports), written when they change.
+    disk_bytes: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
     events: Mapped[list[RunEvent]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="RunEvent.id"
@@ -208,6 +216,9 @@ class Sweep(Base):
     strategy: Mapped[str] = mapped_column(String(16), default="grid", server_default="grid")
     #: Trials of a search sweep asked so far (its budget's max_runs caps it; the lock of concurrent askers).
     trials_asked: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    notes: Mapped[str | None] = mapped_column(Text)
+    archived: Mapped[bool] = mapped_column(default=False, server_default=false(), index=True)
 
     members: Mapped[list[SweepRun]] = relationship(
         back_populates="sweep", cascade="all, delete-orphan", order_by="SweepRun.position"

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Connection, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from runspec import RunSpec
+from tunedeck_state.labels import has_tag
 from tunedeck_state.models import RUN_LOSS_SORT_INDEXES, Metric, Run, RunEvent, RunLog, RunStatus, utcnow
 from tunedeck_state.rollups import write_rollups
 from tunedeck_state.search import pruning
@@ -72,6 +73,7 @@ RUN_SORTS: dict[str, Any] = {
     "method": Run.method,
     "train_loss": Run.final_train_loss,
     "eval_loss": Run.final_eval_loss,
+    "disk": Run.disk_bytes,
 }
 SORT_CHOICES = tuple(choice for key in RUN_SORTS for choice in (key, f"-{key}"))
 
@@ -82,13 +84,16 @@ def list_runs(
     status: str | None = None,
     method: str | None = None,
     name: str | None = None,
+    tag: str | None = None,
+    archived: bool | None = False,
     sort: str = "-created",
     limit: int = 50,
     offset: int = 0,
 ) -> RunPage:
-    """One page of runs, filtered (status, method, `name` containing a text, case-insensitive) and sorted (a
-    RUN_SORTS key; runs without a value last, ties newest first). The page's ids come from the indexes first,
-    then only those rows are read: the runs' JSON columns (spec, details) never go through a sort."""
+    """One page of runs, filtered (status, method, `name` containing a text, case-insensitive, a tag, archived or
+    not: None for both) and sorted (a RUN_SORTS key; runs without a value last, ties newest first). The page's ids
+    come from the indexes first, then only those rows are read: the runs' JSON columns (spec, details) never go
+    through a sort."""
     column = RUN_SORTS.get(sort.removeprefix("-"))
     if column is None:
         raise ValueError(f"sort must be one of {', '.join(SORT_CHOICES)}")
@@ -97,6 +102,10 @@ def list_runs(
         conditions.append(Run.status == status)
     if method:
         conditions.append(Run.method == method)
+    if archived is not None:
+        conditions.append(Run.archived == archived)
+    if tag:
+        conditions.append(has_tag(Run.tags, tag))
     counted = list(conditions)
     covering_index = RUN_LOSS_SORT_INDEXES.get(column.key)
     if name:

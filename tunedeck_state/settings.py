@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     require_services: bool = Field(
         False, description="Tests: fail instead of skipping when Postgres or Redis are unreachable."
     )
+    keep_checkpoints: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="Checkpoints a run keeps unless its spec says (placement.keep_checkpoints): the newest N; 0 keeps "
+        "one while training and removes it when the run succeeds.",
+    )
     test_step_delay_seconds: float = Field(
         0.0, ge=0, description="Tests only: sleep this long after every training step (to act mid-run)."
     )

@@ -353,10 +353,12 @@ def get_sweep(session: Session, sweep_id: int) -> Sweep:
     return sweep
 
 
-def list_sweeps(session: Session, *, limit: int = 50, offset: int = 0) -> list[Sweep]:
+def list_sweeps(session: Session, *, limit: int = 50, offset: int = 0, archived: bool | None = False) -> list[Sweep]:
+    """Newest first; archived sweeps only when `archived` is True, both when None."""
     return list(
         session.scalars(
             select(Sweep)
+            .where(*([] if archived is None else [Sweep.archived.is_(archived)]))
             .order_by(Sweep.id.desc())
             .limit(limit)
             .offset(offset)

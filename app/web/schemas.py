@@ -58,6 +58,12 @@ class RunOut(BaseModel):
     priority: int = 5
     #: Why a queued run is not running yet, e.g. "needs 31 GiB (estimate ...), largest GPU has 24 GiB free".
     wait_reason: str | None = None
+    #: Short labels, free-text notes, archived (hidden from the default list and from comparisons of a sweep or tag).
+    tags: list[str] = []
+    notes: str | None = None
+    archived: bool = False
+    #: Bytes of the run's folder (checkpoints, final artifact, merged model, exports); null until first measured.
+    disk_bytes: int | None = None
 
 
 class RunEventOut(BaseModel):

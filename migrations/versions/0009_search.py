@@ -2,7 +2,7 @@
 parameters of a trial), runs.prune_reason (why the sweep's pruner stopped a run, in the new status `pruned`).
 
 Revision ID: 0009_search
-Revises: 0007_run_list_covering_indexes
+Revises: 0008_run_management
 Create Date: 2026-12-02 17:20:00.000000
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_search"
-down_revision = "0007_run_list_covering_indexes"
+down_revision = "0008_run_management"
 branch_labels = None
 depends_on = None
 

@@ -4,7 +4,7 @@ tables refresh as htmx fragments."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -61,6 +61,9 @@ class SweepOut(BaseModel):
     strategy: str
     max_runs: int | None
     steps_saved: int
+    tags: list[str] = []
+    notes: str | None = None
+    archived: bool = False
 
 
 class SweepPreview(BaseModel):
@@ -113,6 +116,9 @@ def sweep_out(sweep: Sweep) -> dict[str, Any]:
         "strategy": sweep.strategy or "grid",
         "max_runs": summary.max_runs,
         "steps_saved": summary.steps_saved,
+        "tags": sweep.tags or [],
+        "notes": sweep.notes,
+        "archived": bool(sweep.archived),
     }
 
 
@@ -174,8 +180,13 @@ def list_sweeps(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    archived: Annotated[
+        Literal["false", "true", "any"],
+        Query(description="false: hide archived sweeps (the default); true: only them."),
+    ] = "false",
 ) -> Any:
-    return [sweep_out(s) for s in sweep_service.list_sweeps(session, limit=limit, offset=offset)]
+    chosen = {"false": False, "true": True, "any": None}[archived]
+    return [sweep_out(s) for s in sweep_service.list_sweeps(session, limit=limit, offset=offset, archived=chosen)]
 
 
 @api_router.get("/sweeps/{sweep_id}", response_model=SweepOut)
@@ -200,10 +211,10 @@ def _sweep_rows(sweeps: list[Sweep]) -> list[dict[str, Any]]:
 
 
 @page_router.get("/sweeps", response_class=HTMLResponse)
-def sweeps_page(request: Request, session: SessionDep) -> Response:
-    rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200))
+def sweeps_page(request: Request, session: SessionDep, archived: bool = False) -> Response:
+    rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200, archived=archived))
     block = "sweeps_table" if is_htmx(request) else None
-    return templates.TemplateResponse(request, "sweeps.html", {"rows": rows}, block_name=block)
+    return templates.TemplateResponse(request, "sweeps.html", {"rows": rows, "archived": archived}, block_name=block)
 
 
 def _sweep_context(sweep: Sweep) -> dict[str, Any]:

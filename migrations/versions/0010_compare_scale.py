@@ -5,7 +5,7 @@ finished before this revision have none and are read point by point, as before.
 
 Re-chained at merge: written on branch search-views after 0007; down_revision follows whatever precedes it then.
 
-Revision ID: 0011_compare_scale
+Revision ID: 0010_compare_scale
 Revises: 0009_search
 Create Date: 2026-12-02 17:15:00.000000
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_compare_scale"
+revision = "0010_compare_scale"
 down_revision = "0009_search"
 branch_labels = None
 depends_on = None
