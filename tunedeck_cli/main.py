@@ -52,6 +52,11 @@ def serve(
     if demo:
         from app.services.demo import launch_demo_runs
 
+        # The new-run form starts from the demo's model and data (the web process reads it from its settings).
+        os.environ["TUNEDECK_DEMO"] = "1"
+        get_settings.cache_clear()
+        settings = get_settings()
+
         launched = launch_demo_runs(settings)
         if launched:
             typer.echo(f"launched {launched} demo runs")
