@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     generation_cache_models: int = Field(
         2, ge=1, description="Models a service worker keeps loaded for generation (least recently used evicted)."
     )
+    demo: bool = Field(
+        False,
+        description="Set by `tunedeck serve --demo`: the new-run form starts from the demo model and data "
+        "(once `tunedeck demo prepare` has built them).",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: str | None = Field(

@@ -3,8 +3,6 @@ the finest bucket width a comparison chart asks for), so a cold comparison of 20
 reads 800 small rows instead of 8 M points (SQLite, 2 shared cores: the points alone took 4 s to read). Runs that
 finished before this revision have none and are read point by point, as before.
 
-Re-chained at merge: written on branch search-views after 0007; down_revision follows whatever precedes it then.
-
 Revision ID: 0010_compare_scale
 Revises: 0009_search
 Create Date: 2026-12-02 17:15:00.000000
