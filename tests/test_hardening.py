@@ -1,0 +1,150 @@
+"""What probing a running tunedeck found (issue 16), each held by a test against real processes.
+
+One stack for the module: a server, a training worker, a service worker started in a folder with files planted in it
+(a `notes.json` and an extension-less key file: what `load_dataset("json")` would read from its current folder)
+and a quick worker (estimates, inspections, checks and previews never wait behind a generation)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.stack import ROOT, Stack, stack_env
+from tests.conftest import tiny_spec
+
+pytestmark = pytest.mark.security
+
+SECRET = "planted-secret-7d1f"
+PACKAGED_NAMES = ["json", "text", "parquet", "csv", "JSON", "pandas", "arrow"]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The service worker's start folder: files a packaged loader name would pick up."""
+    folder = tmp_path_factory.mktemp("worker-cwd")
+    (folder / "notes.json").write_text(json.dumps({"instruction": SECRET, "output": SECRET}) + "\n")
+    (folder / "notes.txt").write_text(f"{SECRET}\n")
+    (folder / "id_key").write_text(f"{SECRET}\n")
+    (folder / "org" / "name").mkdir(parents=True)
+    (folder / "org" / "name" / "rows.json").write_text(json.dumps({"instruction": SECRET, "output": SECRET}) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any, planted: Path) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("hardening-stack")
+    env = stack_env(data_dir, TUNEDECK_DATA_ROOTS=str(ROOT))
+    stack = Stack(data_dir=data_dir, env=env)
+    try:
+        stack.start_server()
+        stack.start_worker("training")
+        stack.start_worker("service", cwd=planted)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _warm(stack: Stack, tiny_assets: Any) -> None:
+    with stack.client() as client:
+        answer = client.post("/api/models/inspect", json={"model": str(tiny_assets.model_dir)}, timeout=180)
+        assert answer.status_code == 200, answer.text
+
+
+# -- 1. packaged loader names -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PACKAGED_NAMES)
+def test_packaged_builder_names_are_refused_on_submit(stack: Stack, tiny_assets: Any, name: str) -> None:
+    spec = tiny_spec(tiny_assets, f"packaged-{name}", dataset={"source": name}, training={"max_steps": 1})
+    with stack.client() as client:
+        answer = client.post("/api/runs", json=spec)
+        registered = client.post("/api/datasets/register", json={"source": name, "format": "alpaca"})
+    assert answer.status_code == 422, answer.text
+    assert any(error["field"] == "dataset.source" for error in answer.json()["detail"]), answer.text
+    assert "loader built into the datasets library" in answer.text
+    assert registered.status_code == 422, registered.text
+    assert "loader built into" in registered.text
+
+
+def test_preview_of_a_stored_builder_name_is_refused_by_the_worker(
+    stack: Stack, tiny_assets: Any, planted: Path
+) -> None:
+    """A dataset row that says `json` (stored before the web refused it) reaches the worker: it refuses too, and
+    the planted file in its start folder never comes back."""
+    _warm(stack, tiny_assets)
+    with stack.client() as client:
+        registered = client.post(
+            "/api/datasets/register", json={"source": str(tiny_assets.dataset_path), "format": "alpaca"}
+        )
+        assert registered.status_code in (200, 201), registered.text
+        dataset_id = registered.json()["id"]
+        with sqlite3.connect(stack.data_dir / "tunedeck.sqlite") as db:
+            db.execute("UPDATE datasets SET source = 'json' WHERE id = ?", (dataset_id,))
+        try:
+            answer = client.get(
+                f"/api/datasets/{dataset_id}/preview", params={"model": str(tiny_assets.model_dir)}, timeout=120
+            )
+        finally:
+            with sqlite3.connect(stack.data_dir / "tunedeck.sqlite") as db:
+                db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
+    assert answer.status_code == 422, answer.text
+    assert "loader built into the datasets library" in answer.text
+    assert SECRET not in answer.text
+
+
+def test_the_loader_refuses_builder_names_and_reads_hub_ids_only_from_the_hub(
+    tmp_path: Path, planted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth, in the worker's own loader: a packaged name is refused even when the policy would let it
+    through, and a hub id never reads the folder of that name in the current directory."""
+    import datasets
+
+    from runspec import DatasetSpec
+    from runspec.sources import SourcePolicy
+    from worker.training import loading
+    from worker.training.data import load_rows
+    from worker.training.errors import TrainingError
+
+    monkeypatch.chdir(planted)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    # The policy's base folder is elsewhere, so it takes `org/name` for a hub id (as a web process would).
+    loading.set_policy(SourcePolicy(data_roots=(planted,), base_dir=tmp_path))
+    try:
+        for name in ("json", "text", "parquet"):
+            with pytest.raises(TrainingError, match="loader built into the datasets library"):
+                load_rows(DatasetSpec(source=name))
+        with pytest.raises(TrainingError, match="Hugging Face hub") as refused:
+            load_rows(DatasetSpec(source="org/name"))
+        assert SECRET not in str(refused.value)
+    finally:
+        loading.set_policy(SourcePolicy.default())
+
+
+def test_the_policy_knows_every_packaged_builder_of_the_installed_datasets() -> None:
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    from runspec.sources import PACKAGED_DATASET_BUILDERS
+
+    assert set(_PACKAGED_DATASETS_MODULES) <= PACKAGED_DATASET_BUILDERS
+
+
+def test_datasets_floor_never_unpickles() -> None:
+    """pyproject's lower bound for `datasets` is a release whose pandas loader refuses pickles."""
+    import re
+
+    import datasets
+    from datasets.packaged_modules.pandas import pandas as pandas_loader
+    from packaging.version import Version
+
+    floor = re.search(r'"datasets>=([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert floor is not None
+    assert Version(floor.group(1)) >= Version("5.2")  # 5.1.0 and older: the pandas builder calls pd.read_pickle
+    assert Version(datasets.__version__) >= Version(floor.group(1))
+    source = Path(pandas_loader.__file__).read_text()
+    assert "read_pickle" not in source and "pickle.load" not in source
