@@ -41,9 +41,11 @@ def serve(
     from app.web.security import bind_refusal
     from tunedeck_state.migrate import upgrade_database
 
+    from tunedeck_state.settings_checks import api_token_problem
+
     settings = get_settings()
     host = host or settings.host
-    refusal = bind_refusal(host, settings.api_token)
+    refusal = api_token_problem(settings.api_token) or bind_refusal(host, settings.api_token)
     if refusal:
         typer.echo(f"tunedeck serve: {refusal}", err=True)
         raise typer.Exit(2)
