@@ -40,7 +40,6 @@ def serve(
 
     from app.web.security import bind_refusal
     from tunedeck_state.migrate import upgrade_database
-
     from tunedeck_state.settings_checks import api_token_problem
 
     settings = get_settings()
