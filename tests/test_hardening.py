@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from tests.conftest import tiny_spec
 pytestmark = pytest.mark.security
 
 SECRET = "planted-secret-7d1f"
+#: How long the stack's server waits for a generation (then 503, and the request is revoked).
+GENERATE_TIMEOUT = 20
 PACKAGED_NAMES = ["json", "text", "parquet", "csv", "JSON", "pandas", "arrow"]
 
 
@@ -38,12 +42,18 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any, planted: Path) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("hardening-stack")
-    env = stack_env(data_dir, TUNEDECK_DATA_ROOTS=str(ROOT))
+    env = stack_env(
+        data_dir,
+        TUNEDECK_DATA_ROOTS=str(ROOT),
+        TUNEDECK_GENERATE_TIMEOUT_SECONDS=str(GENERATE_TIMEOUT),
+        TUNEDECK_GENERATION_BATCH_SIZE="1",  # one prompt at a time: a request long enough to hold the worker
+    )
     stack = Stack(data_dir=data_dir, env=env)
     try:
         stack.start_server()
         stack.start_worker("training")
         stack.start_worker("service", cwd=planted)
+        stack.start_worker("quick")
         yield stack
     finally:
         stack.stop()
@@ -148,3 +158,100 @@ def test_datasets_floor_never_unpickles() -> None:
     assert Version(datasets.__version__) >= Version(floor.group(1))
     source = Path(pandas_loader.__file__).read_text()
     assert "read_pickle" not in source and "pickle.load" not in source
+
+
+# -- 2. one request holding the service worker ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(stack: Stack, tiny_assets: Any) -> dict[str, Any]:
+    return stack.train(
+        tiny_spec(
+            tiny_assets,
+            "hardening-generate",
+            dataset={"eval_fraction": 0},
+            training={"max_steps": 2, "eval_steps": None},
+        )
+    )
+
+
+def _service_log(stack: Stack) -> str:
+    return "".join(p.read_text(errors="replace") for p in stack.data_dir.glob("worker-*-service.log"))
+
+
+def test_generation_is_budgeted_by_total_new_tokens(stack: Stack, finished_run: dict[str, Any]) -> None:
+    with stack.client() as client:
+        over = client.post(
+            f"/api/runs/{finished_run['id']}/generate", json={"prompts": ["a"] * 16, "max_new_tokens": 2048}
+        )
+        at_budget_edge = client.post(
+            f"/api/runs/{finished_run['id']}/generate", json={"prompts": ["a"] * 9, "max_new_tokens": 1024}
+        )
+    for answer in (over, at_budget_edge):
+        assert answer.status_code == 422, answer.text
+        assert any(error["field"] == "prompts" for error in answer.json()["detail"]), answer.text
+        assert "max_new_tokens" in answer.text and "TUNEDECK_GENERATION_MAX_TOTAL_NEW_TOKENS" in answer.text
+
+
+def test_quick_calls_answer_during_a_long_generation_and_a_given_up_one_is_revoked(
+    stack: Stack, tiny_assets: Any, finished_run: dict[str, Any]
+) -> None:
+    run_id = finished_run["id"]
+    _warm(stack, tiny_assets)
+    long_answer: dict[str, Any] = {}
+
+    def long_generation() -> None:
+        body = {"prompts": [f"Count to {i}" for i in range(4)], "max_new_tokens": 2048, "base": True}
+        with stack.client() as client:
+            long_answer["response"] = client.post(f"/api/runs/{run_id}/generate", json=body)
+
+    thread = threading.Thread(target=long_generation)
+    started = time.monotonic()
+    thread.start()
+    time.sleep(3)
+    with stack.client() as client:
+        inspected = client.post("/api/models/inspect", json={"model": str(tiny_assets.model_dir)})
+        inspect_seconds = time.monotonic() - started
+        assert inspected.status_code == 200, inspected.text
+        assert thread.is_alive(), "the long generation ended before the quick call was made"
+        assert inspect_seconds < GENERATE_TIMEOUT, f"the quick call waited {inspect_seconds:.1f} s"
+
+        thread.join(timeout=GENERATE_TIMEOUT + 60)
+        assert long_answer["response"].status_code == 503, long_answer["response"].text
+        # The service worker gave the abandoned request up: a small one answers at once, not minutes later.
+        short = client.post(f"/api/runs/{run_id}/generate", json={"prompts": ["Hi"], "max_new_tokens": 4, "base": True})
+    assert short.status_code == 200, short.text
+    assert time.monotonic() - started < 2 * GENERATE_TIMEOUT
+    deadline = time.monotonic() + 10
+    while "its caller gave up" not in _service_log(stack) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "its caller gave up" in _service_log(stack)
+
+
+def test_a_sweep_without_workers_checks_each_model_once(tmp_path: Path, tiny_assets: Any) -> None:
+    """No worker answers: the method check waits once for the model, not once per run in turn."""
+    timeout = 2.0
+    stack = Stack(
+        data_dir=tmp_path,
+        env=stack_env(tmp_path, TUNEDECK_DATA_ROOTS=str(ROOT), TUNEDECK_METHOD_CHECK_TIMEOUT_SECONDS=str(timeout)),
+    )
+    runs = 6
+    base = tiny_spec(tiny_assets, "unused", training={"max_steps": 1})
+    base.pop("name")
+    body = {
+        "name": "no workers",
+        "base": base,
+        "grid": {"training.learning_rate": [1e-3 * (i + 1) for i in range(runs)]},
+    }
+    try:
+        stack.start_server()
+        with stack.client() as client:
+            started = time.monotonic()
+            answer = client.post("/api/sweeps", json=body)
+            seconds = time.monotonic() - started
+    finally:
+        stack.stop()
+    assert answer.status_code == 201, answer.text
+    assert len(answer.json()["runs"]) == runs
+    # one wait for the model (2 s), not six (one full and five quick looks: 12 s)
+    assert seconds < timeout * 3, f"the sweep took {seconds:.1f} s to submit"

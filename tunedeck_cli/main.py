@@ -56,8 +56,9 @@ def serve(
         launched = launch_demo_runs(settings)
         if launched:
             typer.echo(f"launched {launched} demo runs")
-    # One process trains (one run at a time), one answers quick requests (inspect, generate) meanwhile.
-    worker_processes = [_start_local_worker("training"), _start_local_worker("service")] if worker else []
+    # One process trains (one run at a time), one generates (and answers quick calls when free), one answers only
+    # the quick calls (estimates, inspections, method and dataset checks), so a long generation never holds them.
+    worker_processes = [_start_local_worker(q) for q in ("training", "service", "quick")] if worker else []
     try:
         uvicorn.run(
             "app.web.app:create_app",
@@ -88,7 +89,13 @@ def run_worker(
         int | None,
         typer.Option(help="Tasks at a time (default: one training per GPU, else TUNEDECK_WORKER_CONCURRENCY)."),
     ] = None,
-    queues: Annotated[str, typer.Option(help="Comma-separated: training, service.")] = "training,service",
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: training, service (generation, and quick calls when free), quick (estimates, "
+            "inspections, method and dataset checks only)."
+        ),
+    ] = "training,service",
     name: Annotated[
         str | None,
         typer.Option(
@@ -123,7 +130,7 @@ def run_worker(
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     from tunedeck_jobs.celery_app import celery_app
-    from tunedeck_jobs.names import QUEUES
+    from tunedeck_jobs.names import QUEUES, consumed_queues
     from worker import capacity
 
     names = [item.strip() for item in queues.split(",") if item.strip()]
@@ -141,7 +148,8 @@ def run_worker(
     except capacity.MultiGpuRefused as exc:
         typer.echo(f"tunedeck worker: {exc}", err=True)
         raise typer.Exit(2) from None
-    consumed = [QUEUES[item] for item in names if item != "training"] + declared.queues
+    consumed = list(dict.fromkeys(q for item in names if item != "training" for q in consumed_queues(item)))
+    consumed += declared.queues
     if multi_gpu:
         concurrency = 1  # one run at a time, on all the worker's GPUs
     if concurrency is None:

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     generation_cache_models: int = Field(
         2, ge=1, description="Models a service worker keeps loaded for generation (least recently used evicted)."
     )
+    generation_max_total_new_tokens: int = Field(
+        8192,
+        ge=1,
+        description="Budget of one generation request: prompts × max_new_tokens may not exceed it (422 naming both).",
+    )
+    generation_batch_size: int = Field(8, ge=1, le=64, description="Prompts a worker decodes together (greedy).")
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: str | None = Field(
@@ -238,4 +244,9 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    from runspec import inference
+
+    settings = Settings()
+    # The request model checks its token budget against this process's settings.
+    inference.set_max_total_new_tokens(settings.generation_max_total_new_tokens)
+    return settings
