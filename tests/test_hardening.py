@@ -6,6 +6,7 @@ and a quick worker (estimates, inspections, checks and previews never wait behin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -255,3 +256,52 @@ def test_a_sweep_without_workers_checks_each_model_once(tmp_path: Path, tiny_ass
     assert len(answer.json()["runs"]) == runs
     # one wait for the model (2 s), not six (one full and five quick looks: 12 s)
     assert seconds < timeout * 3, f"the sweep took {seconds:.1f} s to submit"
+
+
+# -- 4. SIGTERM to `tunedeck serve` -----------------------------------------------------------------------
+
+
+def test_sigterm_to_serve_stops_its_workers(tmp_path: Path) -> None:
+    """docker stop and systemd send SIGTERM: the local workers (and their pool processes) stop with the server."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    import psutil
+
+    from harness.stack import free_port
+
+    port = free_port()
+    with open(tmp_path / "serve.log", "ab") as log:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "tunedeck_cli.main", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=stack_env(tmp_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    descendants: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 240
+        workers: list[Any] = []
+        while time.monotonic() < deadline and len(workers) < 3:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                workers = httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=5).json()
+            except (httpx.HTTPError, ValueError):
+                workers = []
+            time.sleep(1)
+        assert len(workers) == 3, workers
+        descendants = psutil.Process(serve.pid).children(recursive=True)
+        assert len(descendants) >= 6, descendants  # three workers, each with its pool process
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+        _, alive = psutil.wait_procs(descendants, timeout=20)
+        assert alive == [], f"still running after the server stopped: {alive}"
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        for proc in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
