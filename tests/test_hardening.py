@@ -258,6 +258,33 @@ def test_a_sweep_without_workers_checks_each_model_once(tmp_path: Path, tiny_ass
     assert seconds < timeout * 3, f"the sweep took {seconds:.1f} s to submit"
 
 
+# -- 9. the workers' log holds ids and sizes, not user data ------------------------------------------------
+
+
+def test_worker_logs_carry_no_prompts_completions_or_rows(
+    stack: Stack, tiny_assets: Any, finished_run: dict[str, Any]
+) -> None:
+    private = "private-text-4b9e"
+    rows = stack.data_dir / "private.jsonl"
+    rows.write_text("".join(json.dumps({"instruction": f"{private} {i}", "output": private}) + "\n" for i in range(3)))
+    with stack.client() as client:
+        answer = client.post(
+            f"/api/runs/{finished_run['id']}/generate", json={"prompts": [private], "max_new_tokens": 8}
+        )
+        assert answer.status_code == 200, answer.text
+        registered = client.post("/api/datasets/register", json={"source": str(rows), "format": "alpaca"})
+        assert registered.status_code in (200, 201), registered.text
+        preview = client.get(
+            f"/api/datasets/{registered.json()['id']}/preview", params={"model": str(tiny_assets.model_dir)}
+        )
+        assert preview.status_code == 200, preview.text
+    assert private in answer.text and private in preview.text  # the answers carry it; the log must not
+    time.sleep(1)  # the log line is written just after the answer is stored
+    worker_log = "".join(p.read_text(errors="replace") for p in stack.data_dir.glob("worker-*.log"))
+    assert private not in worker_log
+    assert "succeeded in" in worker_log and "ok=True;" in worker_log and "characters>" in worker_log
+
+
 # -- 4. SIGTERM to `tunedeck serve` -----------------------------------------------------------------------
 
 

@@ -47,6 +47,9 @@ def ask(task: str, *args: Any, timeout: float) -> dict[str, Any] | None:
     result = celery_app.send_task(
         task,
         args=list(args),
+        # what the worker's log, events and Flower show of the arguments: prompts and paths stay out of them
+        argsrepr=f"({len(args)} arguments)",
+        kwargsrepr="{}",
         queue=service_queue_for(task),
         ignore_result=False,
         expires=timeout + EXPIRY_MARGIN_SECONDS,
