@@ -332,3 +332,64 @@ def test_sigterm_to_serve_stops_its_workers(tmp_path: Path) -> None:
         for proc in descendants:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
+
+
+# -- 8. offline hubs ----------------------------------------------------------------------------------------
+
+
+def test_hub_lookups_fail_fast_when_the_hub_is_unreachable(tmp_path: Path) -> None:
+    """A hub that takes connections and never answers (what a filtering firewall looks like): the first lookup
+    gives up after one short try, the next ones at once, and the message says what happened and what to do."""
+    import socket
+
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(64)  # the kernel completes the handshakes; nothing ever reads or answers
+    hub = f"http://127.0.0.1:{blackhole.getsockname()[1]}"
+    stack = Stack(data_dir=tmp_path, env=stack_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=hub))
+    try:
+        stack.start_server()
+        stack.start_worker("quick", TUNEDECK_WORKER_NAME="offline-quick")
+        with stack.client() as client:
+            answers = []
+            for _ in range(3):
+                started = time.monotonic()
+                answer = client.post("/api/models/inspect", json={"model": "some-org/not-cached-model"})
+                answers.append((answer, time.monotonic() - started))
+                if answer.status_code == 503:  # the worker was still starting
+                    time.sleep(2)
+                    answers.pop()
+    finally:
+        stack.stop()
+        blackhole.close()
+    assert len(answers) >= 2, answers
+    (first, first_seconds), (second, second_seconds) = answers[0], answers[1]
+    for answer in (first, second):
+        assert answer.status_code == 422, answer.text
+        assert "the Hugging Face hub" in answer.text and "unreachable from worker offline-quick" in answer.text
+        assert "HF_HUB_OFFLINE" in answer.text
+    assert first_seconds < 15, f"the first lookup took {first_seconds:.1f} s"
+    assert second_seconds < 3, f"the remembered lookup took {second_seconds:.1f} s"
+
+
+def test_the_new_run_form_starts_on_the_demo_when_serving_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: the service the form's defaults come from (app/web/pages.py is to call it: see the report)."""
+    from app.services.demo import DEMO_DATASET, DEMO_MODEL_DIRNAME, new_run_defaults
+    from runspec.spec import DEFAULT_MODEL
+    from tunedeck_state.settings import Settings
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    settings = Settings(data_dir=tmp_path)
+    assert new_run_defaults(settings)["model"] == DEFAULT_MODEL
+    assert new_run_defaults(settings.model_copy(update={"demo": True}))["model"] == DEFAULT_MODEL  # not built yet
+    (settings.demo_dir / DEMO_MODEL_DIRNAME).mkdir(parents=True)
+    (settings.demo_dir / DEMO_MODEL_DIRNAME / "config.json").write_text("{}")
+    (settings.demo_dir / DEMO_DATASET).parent.mkdir(parents=True)
+    (settings.demo_dir / DEMO_DATASET).write_text("{}\n")
+    demo = new_run_defaults(settings.model_copy(update={"demo": True}))
+    assert demo == {
+        "model": str(settings.demo_dir / DEMO_MODEL_DIRNAME),
+        "dataset": {"source": str(settings.demo_dir / DEMO_DATASET)},
+    }
+    assert new_run_defaults(settings.model_copy(update={"hub_offline": True})) == demo
+    assert new_run_defaults(settings)["model"] == DEFAULT_MODEL

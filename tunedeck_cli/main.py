@@ -55,6 +55,10 @@ def serve(
     if demo:
         from app.services.demo import launch_demo_runs
 
+        os.environ["TUNEDECK_DEMO"] = "1"  # the new-run form starts on the demo's model and data (and workers know)
+        get_settings.cache_clear()
+        settings = get_settings()
+
         launched = launch_demo_runs(settings)
         if launched:
             typer.echo(f"launched {launched} demo runs")

@@ -166,6 +166,9 @@ class Settings(BaseSettings):
         None, description="Hugging Face hub address for pushes. Default: huggingface_hub's (or HF_ENDPOINT)."
     )
     hub_offline: bool = Field(False, description="Never reach the Hugging Face hub (sets HF_HUB_OFFLINE).")
+    demo: bool = Field(
+        False, description="Serving the offline demo (`tunedeck serve --demo`): the new-run form starts on its model."
+    )
 
     require_services: bool = Field(
         False, description="Tests: fail instead of skipping when Postgres or Redis are unreachable."
