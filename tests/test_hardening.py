@@ -25,6 +25,8 @@ pytestmark = pytest.mark.security
 SECRET = "planted-secret-7d1f"
 #: How long the stack's server waits for a generation (then 503, and the request is revoked).
 GENERATE_TIMEOUT = 20
+#: The stack's generation budget: room for a request that runs far past GENERATE_TIMEOUT even on a fast machine.
+BUDGET = 12 * 2048
 PACKAGED_NAMES = ["json", "text", "parquet", "csv", "JSON", "pandas", "arrow"]
 
 
@@ -48,6 +50,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any, planted: P
         TUNEDECK_DATA_ROOTS=str(ROOT),
         TUNEDECK_GENERATE_TIMEOUT_SECONDS=str(GENERATE_TIMEOUT),
         TUNEDECK_GENERATION_BATCH_SIZE="1",  # one prompt at a time: a request long enough to hold the worker
+        TUNEDECK_GENERATION_MAX_TOTAL_NEW_TOKENS=str(BUDGET),
     )
     stack = Stack(data_dir=data_dir, env=env)
     try:
@@ -186,12 +189,23 @@ def test_generation_is_budgeted_by_total_new_tokens(stack: Stack, finished_run: 
             f"/api/runs/{finished_run['id']}/generate", json={"prompts": ["a"] * 16, "max_new_tokens": 2048}
         )
         at_budget_edge = client.post(
-            f"/api/runs/{finished_run['id']}/generate", json={"prompts": ["a"] * 9, "max_new_tokens": 1024}
+            f"/api/runs/{finished_run['id']}/generate", json={"prompts": ["a"] * 13, "max_new_tokens": 2048}
         )
     for answer in (over, at_budget_edge):
         assert answer.status_code == 422, answer.text
         assert any(error["field"] == "prompts" for error in answer.json()["detail"]), answer.text
         assert "max_new_tokens" in answer.text and "TUNEDECK_GENERATION_MAX_TOTAL_NEW_TOKENS" in answer.text
+        assert str(BUDGET) in answer.text
+
+
+def test_the_default_generation_budget() -> None:
+    from runspec.inference import token_budget_problem
+    from tunedeck_state.settings import Settings
+
+    assert Settings().generation_max_total_new_tokens == 8192
+    assert token_budget_problem(8, 1024, 8192) is None
+    problem = token_budget_problem(9, 1024, 8192)
+    assert problem and "9 × 1024 = 9216" in problem and "at most 910" in problem
 
 
 def test_quick_calls_answer_during_a_long_generation_and_a_given_up_one_is_revoked(
@@ -202,7 +216,7 @@ def test_quick_calls_answer_during_a_long_generation_and_a_given_up_one_is_revok
     long_answer: dict[str, Any] = {}
 
     def long_generation() -> None:
-        body = {"prompts": [f"Count to {i}" for i in range(4)], "max_new_tokens": 2048, "base": True}
+        body = {"prompts": [f"Count to {i}" for i in range(12)], "max_new_tokens": 2048, "base": True}
         with stack.client() as client:
             long_answer["response"] = client.post(f"/api/runs/{run_id}/generate", json=body)
 
