@@ -80,9 +80,15 @@ class Stack:
         raise RuntimeError("server did not become healthy within 60 s")
 
     def start_worker(
-        self, queues: str = "training", *, worker_args: tuple[str, ...] = (), **extra_env: str
+        self,
+        queues: str = "training",
+        *,
+        worker_args: tuple[str, ...] = (),
+        cwd: Path | None = None,
+        **extra_env: str,
     ) -> subprocess.Popen[bytes]:
-        """`tunedeck worker --queues QUEUES [worker_args...]` with extra TUNEDECK_* settings."""
+        """`tunedeck worker --queues QUEUES [worker_args...]` with extra TUNEDECK_* settings, started in `cwd`
+        (default: the repository, which is then also on its import path)."""
         log = open(self.data_dir / f"worker-{len(self.workers)}-{queues}.log", "ab")  # noqa: SIM115
         worker = subprocess.Popen(
             [
@@ -96,8 +102,8 @@ class Stack:
                 queues,
                 *worker_args,
             ],
-            cwd=ROOT,
-            env={**self.env, **extra_env},
+            cwd=cwd or ROOT,
+            env={**self.env, "PYTHONPATH": _python_path(self.env), **extra_env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -128,6 +134,11 @@ class Stack:
         run = self.wait_for_run(response.json()["id"], timeout=timeout)
         assert run["status"] == status, run["error"]
         return run
+
+
+def _python_path(env: dict[str, str]) -> str:
+    """The repository first on the import path, so a worker started in another folder runs this checkout."""
+    return os.pathsep.join([str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:

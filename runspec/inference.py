@@ -13,6 +13,32 @@ from runspec.base import StrictModel
 
 MAX_PROMPTS = 16
 MAX_PROMPT_CHARS = 8000
+#: One request's budget, prompts × max_new_tokens (TUNEDECK_GENERATION_MAX_TOTAL_NEW_TOKENS; the process's settings
+#: set it when they load, see tunedeck_state.settings.get_settings).
+DEFAULT_MAX_TOTAL_NEW_TOKENS = 8192
+_budget = {"max_total_new_tokens": DEFAULT_MAX_TOTAL_NEW_TOKENS}
+
+
+def set_max_total_new_tokens(limit: int) -> None:
+    _budget["max_total_new_tokens"] = int(limit)
+
+
+def max_total_new_tokens() -> int:
+    return _budget["max_total_new_tokens"]
+
+
+def token_budget_problem(prompts: int, max_new_tokens: int, limit: int | None = None) -> str | None:
+    """Why a request of `prompts` prompts × `max_new_tokens` is over the budget, or None."""
+    limit = max_total_new_tokens() if limit is None else limit
+    total = prompts * max_new_tokens
+    if total <= limit:
+        return None
+    return (
+        f"prompts × max_new_tokens = {prompts} × {max_new_tokens} = {total} new tokens, over this server's budget "
+        f"of {limit} per request (TUNEDECK_GENERATION_MAX_TOTAL_NEW_TOKENS); send fewer prompts or lower "
+        f"max_new_tokens (at most {max(1, limit // max(1, prompts))} for {prompts} prompt(s))"
+    )
+
 
 #: Which weights answer: the run's own result (adapter on the base, or the fully fine-tuned model), the base
 #: model alone (to compare), or the base with the adapter merged in (LoRA family, after a merge).
@@ -56,6 +82,16 @@ class GenerateRequest(GenerationSettings):
     )
     base: bool = Field(False, description="Answer with the base model alone, without the run's adapter.")
     merged: bool = Field(False, description="Answer with the merged model (after POST /api/runs/{id}/merge).")
+
+    @field_validator("prompts")
+    @classmethod
+    def _within_token_budget(cls, prompts: list[Prompt], info: ValidationInfo) -> list[Prompt]:
+        max_new_tokens = info.data.get("max_new_tokens")
+        if isinstance(max_new_tokens, int):
+            problem = token_budget_problem(len(prompts), max_new_tokens)
+            if problem:
+                raise ValueError(problem)
+        return prompts
 
     @field_validator("merged")
     @classmethod

@@ -10,6 +10,10 @@ checks it again before it reads anything. The rules:
   refused: tunedeck never runs code shipped with a model folder. Custom code runs only for hub ids on the
   remote-code allowlist, each pinned to a commit.
 * Backslashes and glob characters are refused in local paths (the datasets library expands globs).
+* A dataset named like one of the loaders built into the `datasets` library (`json`, `csv`, `text`, `parquet`,
+  ...) is refused: `load_dataset("json")` is not a hub repository, it reads every matching file of the worker's
+  current folder. A hub source is only ever loaded as a hub repository; a local file only with explicit
+  `data_files` (see worker/training/data.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ CODE_MAP_FILES = ("config.json", "tokenizer_config.json", "processor_config.json
 OTHER_FILE_SUFFIXES = (
     ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".zst", ".7z", ".rar", ".txt", ".tsv", ".xlsx", ".arrow",
     ".pkl", ".pickle", ".pt", ".pth", ".bin", ".safetensors", ".py", ".sh",
+)  # fmt: skip
+#: The `datasets` library's packaged builders (datasets.packaged_modules, 5.x, plus older names): as a "hub id" each
+#: would load files from the worker's current folder. The worker also refuses whatever its installed datasets has.
+PACKAGED_DATASET_BUILDERS = frozenset(
+    {
+        "arrow", "audiofolder", "cache", "conll", "csv", "eval", "fasta", "fastq", "folder_based_builder",
+        "genbank", "generator", "harbor", "hdf5", "iceberg", "imagefolder", "json", "lance", "meshfolder", "mmcif",
+        "niftifolder", "numpy", "pandas", "parquet", "pdb", "pdffolder", "spark", "sql", "text", "tsfile",
+        "videofolder", "vortex", "webdataset", "xml",
+    }
 )  # fmt: skip
 CONFIG_MAX_BYTES = 8 * 2**20
 MODEL_FOLDER_MAX_ENTRIES = 10_000
@@ -107,6 +121,7 @@ class SourcePolicy:
 
     # -- datasets ------------------------------------------------------------------------------------
     def resolve_dataset(self, source: str, field: str = "dataset.source") -> ResolvedSource:
+        refuse_packaged_builder(source, field)
         if _is_hub_candidate(source) and not self._exists_relative(source):
             return ResolvedSource("hub", source)
         path = self._local_path(source, field)
@@ -174,6 +189,18 @@ class SourcePolicy:
                     )
             if count > MODEL_FOLDER_MAX_ENTRIES:
                 raise SourceRefused(field, f"model folder {source!r} has too many subfolders")
+
+
+def refuse_packaged_builder(source: str, field: str = "dataset.source", builders: frozenset[str] = frozenset()) -> None:
+    """SourceRefused for the name of a loader built into `datasets` (or one of `builders`, the worker's own list)."""
+    if source.strip().lower() not in PACKAGED_DATASET_BUILDERS | builders:
+        return
+    raise SourceRefused(
+        field,
+        f"{source!r} is the name of a loader built into the datasets library, not a hub dataset: it would read "
+        "whatever files lie in the worker's current folder. Give a hub dataset id (org/name) or a local "
+        f"{', '.join(sorted(set(DATASET_FILE_BUILDERS)))} file inside the data roots",
+    )
 
 
 def is_inside(path: Path, root: Path) -> bool:

@@ -214,6 +214,22 @@ CASES: list[Case] = [
     ctx_case("dataset-zip-with-symlink", "dataset.source", "zip_with_symlink", says="unsupported file type"),
     ctx_case("dataset-symlink-out", "dataset.source", "symlink_out", says="outside the data roots"),
     ctx_case("dataset-is-a-folder", "dataset.source", "folder_named_json"),
+    # packaged loader names of `datasets`: not hub ids (they would read the worker's current folder)
+    spec_case("dataset-packaged-json", "dataset.source", "json", says="loader built into the datasets library"),
+    spec_case("dataset-packaged-text", "dataset.source", "text", says="loader built into the datasets library"),
+    spec_case("dataset-packaged-parquet", "dataset.source", "parquet", says="loader built into"),
+    spec_case("dataset-packaged-pandas-upper", "dataset.source", "Pandas", says="loader built into"),
+    form_case(
+        "form-dataset-packaged-csv",
+        lambda ctx: {"data": {**_good_form(ctx), "dataset.source": "csv"}},
+        field="dataset.source",
+        says="loader built into",
+    ),
+    Case(
+        "register-packaged-json",
+        lambda ctx: ("POST", "/api/datasets/register", {"json": {"source": "json", "format": "alpaca"}}),
+        says="loader built into",
+    ),
     # model paths and sources
     spec_case("model-traversal", "model", "../../../../etc", says="outside the data roots"),
     spec_case("model-root", "model", "/", says="outside the data roots"),

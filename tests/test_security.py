@@ -106,14 +106,30 @@ def test_bind_refusal_rules() -> None:
     assert short and "at least 16" in short
 
 
+def test_tokens_are_compared_exactly() -> None:
+    from app.web.security import bearer_matches
+    from tunedeck_state.settings_checks import api_token_problem
+
+    assert bearer_matches(f"Bearer {TOKEN}", TOKEN)
+    for sent in (f"Bearer  {TOKEN}", f"Bearer {TOKEN} ", f"Bearer {TOKEN}\t", f"Bearer {TOKEN[:-1]}"):
+        assert not bearer_matches(sent, TOKEN), repr(sent)
+    assert api_token_problem(TOKEN) is None and api_token_problem(None) is None
+    for bad in (" " * 20, "\u00a0" * 20, f" {TOKEN}", f"{TOKEN}\n", f"{TOKEN[:8]}\x00{TOKEN[8:]}"):
+        assert api_token_problem(bad), repr(bad)
+
+
 @pytest.mark.parametrize(
     ("args", "env"),
     [
         (["--host", "0.0.0.0"], {}),
         ([], {"TUNEDECK_HOST": "0.0.0.0"}),
         (["--host", "0.0.0.0"], {"TUNEDECK_API_TOKEN": "too-short"}),
+        (["--host", "0.0.0.0"], {"TUNEDECK_API_TOKEN": " " * 24}),
+        (["--host", "0.0.0.0"], {"TUNEDECK_API_TOKEN": f" {TOKEN} "}),
+        ([], {"TUNEDECK_API_TOKEN": f"{TOKEN}\n"}),
+        ([], {"TUNEDECK_API_TOKEN": "\t" * 20}),
     ],
-    ids=["flag", "env", "short-token"],
+    ids=["flag", "env", "short-token", "whitespace-token", "padded-token", "newline-token-loopback", "tabs-token"],
 )
 def test_serve_refuses_public_address_without_a_token(tmp_path: Path, args: list[str], env: dict[str, str]) -> None:
     port = free_port()

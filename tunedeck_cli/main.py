@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,10 +42,11 @@ def serve(
 
     from app.web.security import bind_refusal
     from tunedeck_state.migrate import upgrade_database
+    from tunedeck_state.settings_checks import api_token_problem
 
     settings = get_settings()
     host = host or settings.host
-    refusal = bind_refusal(host, settings.api_token)
+    refusal = api_token_problem(settings.api_token) or bind_refusal(host, settings.api_token)
     if refusal:
         typer.echo(f"tunedeck serve: {refusal}", err=True)
         raise typer.Exit(2)
@@ -61,9 +64,14 @@ def serve(
         launched = launch_demo_runs(settings)
         if launched:
             typer.echo(f"launched {launched} demo runs")
-    # One process trains (one run at a time), one answers quick requests (inspect, generate) meanwhile.
-    worker_processes = [_start_local_worker("training"), _start_local_worker("service")] if worker else []
+    # One process trains (one run at a time), one generates (and answers quick calls when free), one answers only
+    # the quick calls (estimates, inspections, method and dataset checks), so a long generation never holds them.
+    # uvicorn re-raises the SIGTERM it shut down on (docker stop, systemd): as SystemExit, so the workers stop too.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    worker_processes: list[subprocess.Popen[bytes]] = []
     try:
+        if worker:
+            worker_processes = [_start_local_worker(q) for q in ("training", "service", "quick")]
         uvicorn.run(
             "app.web.app:create_app",
             factory=True,
@@ -72,19 +80,62 @@ def serve(
             log_level="info",
         )
     finally:
-        for process in worker_processes:
+        stop_workers(worker_processes)
+
+
+#: How long the local workers get to stop by themselves (Celery's warm shutdown) before they are killed.
+WORKER_STOP_SECONDS = 10.0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop_workers(processes: list[subprocess.Popen[bytes]], grace: float = WORKER_STOP_SECONDS) -> None:
+    """SIGTERM to each worker (Celery finishes or hands back what it holds), then SIGKILL to whatever of each
+    worker's process tree is left after `grace`: a training still running in a pool process is killed with it, and
+    its run ends as a lost worker's does (failed once its heartbeat is old, or retried: docs/faults-and-recovery.md)."""
+    import time
+
+    import psutil
+
+    trees: list[psutil.Process] = []
+    for process in processes:
+        try:
+            parent = psutil.Process(process.pid)
+            trees += [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+        if process.poll() is None:
             process.terminate()
-        for process in worker_processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for proc in trees:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
 
 
 def _start_local_worker(queues: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tunedeck_cli.main", "worker", "--queues", queues], env=os.environ.copy()
+        [sys.executable, "-m", "tunedeck_cli.main", "worker", "--queues", queues],
+        env=os.environ.copy(),
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when `tunedeck serve` dies, even by SIGKILL (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 @cli.command("worker")
@@ -93,7 +144,13 @@ def run_worker(
         int | None,
         typer.Option(help="Tasks at a time (default: one training per GPU, else TUNEDECK_WORKER_CONCURRENCY)."),
     ] = None,
-    queues: Annotated[str, typer.Option(help="Comma-separated: training, service.")] = "training,service",
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: training, service (generation, and quick calls when free), quick (estimates, "
+            "inspections, method and dataset checks only)."
+        ),
+    ] = "training,service",
     name: Annotated[
         str | None,
         typer.Option(
@@ -128,7 +185,7 @@ def run_worker(
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     from tunedeck_jobs.celery_app import celery_app
-    from tunedeck_jobs.names import QUEUES
+    from tunedeck_jobs.names import QUEUES, consumed_queues
     from worker import capacity
 
     names = [item.strip() for item in queues.split(",") if item.strip()]
@@ -146,7 +203,8 @@ def run_worker(
     except capacity.MultiGpuRefused as exc:
         typer.echo(f"tunedeck worker: {exc}", err=True)
         raise typer.Exit(2) from None
-    consumed = [QUEUES[item] for item in names if item != "training"] + declared.queues
+    consumed = list(dict.fromkeys(q for item in names if item != "training" for q in consumed_queues(item)))
+    consumed += declared.queues
     if multi_gpu:
         concurrency = 1  # one run at a time, on all the worker's GPUs
     if concurrency is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from tunedeck_jobs.names import SERVICE_QUEUE, SERVICE_TASK_PREFIX, TRAIN_TASK, TRAINING_QUEUE
+from tunedeck_jobs.names import QUICK_QUEUE, QUICK_TASKS, SERVICE_QUEUE, SERVICE_TASK_PREFIX, TRAIN_TASK, TRAINING_QUEUE
 from tunedeck_state.settings import Settings, get_settings
 
 
@@ -33,7 +33,11 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=TRAINING_QUEUE,
-        task_routes={TRAIN_TASK: {"queue": TRAINING_QUEUE}, f"{SERVICE_TASK_PREFIX}*": {"queue": SERVICE_QUEUE}},
+        task_routes={
+            TRAIN_TASK: {"queue": TRAINING_QUEUE},
+            **{task: {"queue": QUICK_QUEUE} for task in sorted(QUICK_TASKS)},
+            f"{SERVICE_TASK_PREFIX}*": {"queue": SERVICE_QUEUE},
+        },
         result_expires=3600,
         result_extended=False,
         broker_connection_retry_on_startup=True,

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         description="Set by `tunedeck serve --demo`: the new-run form starts from the demo model and data "
         "(once `tunedeck demo prepare` has built them).",
     )
+    generation_max_total_new_tokens: int = Field(
+        8192,
+        ge=1,
+        description="Budget of one generation request: prompts × max_new_tokens may not exceed it (422 naming both).",
+    )
+    generation_batch_size: int = Field(8, ge=1, le=64, description="Prompts a worker decodes together (greedy).")
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: str | None = Field(
@@ -250,4 +256,9 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    from runspec import inference
+
+    settings = Settings()
+    # The request model checks its token budget against this process's settings.
+    inference.set_max_total_new_tokens(settings.generation_max_total_new_tokens)
+    return settings

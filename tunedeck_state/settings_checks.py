@@ -44,5 +44,26 @@ def worker_settings_problems(settings: Settings) -> list[str]:
     return problems
 
 
+def api_token_problem(token: str | None) -> str | None:
+    """Why `tunedeck serve` refuses this TUNEDECK_API_TOKEN before it listens, or None. A token is compared exactly
+    (hmac.compare_digest, nothing stripped), so whitespace around it, or a token of only whitespace or with
+    control characters, is a mistake in the environment file, not a password."""
+    if token is None or token == "":
+        return None
+    if not token.strip():
+        return (
+            f"TUNEDECK_API_TOKEN is {len(token)} whitespace characters and nothing else; set a real token, for "
+            "example the output of: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    if token != token.strip():
+        return (
+            "TUNEDECK_API_TOKEN starts or ends with whitespace (a space, a tab or a newline, often from an "
+            "environment file); tokens are compared exactly, so remove it"
+        )
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in token):
+        return "TUNEDECK_API_TOKEN contains a control character; use printable characters only"
+    return None
+
+
 def refusal_message(problems: list[str]) -> str:
     return "refusing to start: the worker settings do not fit together:\n" + "\n".join(f"- {p}" for p in problems)

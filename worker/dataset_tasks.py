@@ -12,12 +12,13 @@ from celery.signals import task_postrun
 
 from tunedeck_jobs.celery_app import celery_app
 from tunedeck_jobs.names import INSPECT_DATASET_TASK, PREVIEW_DATASET_TASK, TRAIN_TASK
+from worker.service_base import ServiceTask
 from worker.training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
 
-@celery_app.task(name=INSPECT_DATASET_TASK, ignore_result=False)
+@celery_app.task(name=INSPECT_DATASET_TASK, ignore_result=False, base=ServiceTask)
 def inspect_dataset_task(dataset: dict[str, Any]) -> dict[str, Any]:
     """Row count and columns of a dataset, every row checked against `dataset.format`."""
     from runspec import DatasetSpec
@@ -29,7 +30,7 @@ def inspect_dataset_task(dataset: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": str(exc)}
 
 
-@celery_app.task(name=PREVIEW_DATASET_TASK, ignore_result=False)
+@celery_app.task(name=PREVIEW_DATASET_TASK, ignore_result=False, base=ServiceTask)
 def preview_dataset_task(dataset: dict[str, Any], model: str, max_length: int, rows: int = 5) -> dict[str, Any]:
     """The first rows rendered and tokenized as training would, and a histogram of token lengths."""
     from runspec import DatasetSpec

@@ -71,8 +71,10 @@ def _start(sender: Any = None, **_: Any) -> None:
         all_queues = sorted(q.name for q in sender.task_consumer.queues)
     except Exception:
         all_queues = []
-    # The roles it serves (training, service); every queue it consumes goes into details.queues.
+    # The roles it serves (training, service, quick); every queue it consumes goes into details.queues.
     roles = [q for q in all_queues if q in QUEUES.values()]
+    if QUEUES["service"] in roles and QUEUES["quick"] in roles:
+        roles.remove(QUEUES["quick"])  # a service worker answers quick calls too: that is what "service" means
     if QUEUES["training"] not in roles and any(q.startswith(QUEUES["training"] + ".") for q in all_queues):
         roles.append(QUEUES["training"])  # a --multi-gpu worker: only its own queue and gpus-N, still a trainer
     queues = ",".join(sorted(roles))

@@ -9,33 +9,44 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from runspec.inference import GenerationSettings, Prompt, Variant
+from runspec.inference import GenerationSettings, Prompt, Variant, token_budget_problem
 from tunedeck_jobs.celery_app import celery_app
 from tunedeck_jobs.names import GENERATE_TASK, MERGE_TASK
+from tunedeck_jobs.rpc import was_revoked
 from tunedeck_state import disk, merges
 from tunedeck_state import runs as run_service
 from tunedeck_state.db import session_scope
 from tunedeck_state.settings import get_settings
+from worker.service_base import ServiceTask
 from worker.training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
 
-@celery_app.task(name=GENERATE_TASK, ignore_result=False)
-def generate_task(run_id: int, variant: Variant, prompts: list[dict[str, Any]], settings: dict[str, Any]) -> dict:
-    """Completions for the prompts from the run's model; {"ok": false, "error": ...} when it cannot answer."""
+@celery_app.task(name=GENERATE_TASK, ignore_result=False, base=ServiceTask, bind=True)
+def generate_task(
+    self: Any, run_id: int, variant: Variant, prompts: list[dict[str, Any]], settings: dict[str, Any]
+) -> dict:
+    """Completions for the prompts from the run's model; {"ok": false, "error": ...} when it cannot answer.
+    Over this worker's token budget it refuses; it stops early when its caller gives up (tunedeck_jobs.rpc)."""
     import time
 
     from pydantic import TypeAdapter
 
     from runspec import AnyMethod
-    from worker.training.generate import ModelSource, generate, model_cache
+    from worker.training.generate import GenerationStopped, ModelSource, generate, model_cache
 
     try:
         with session_scope() as session:
             source = merges.generation_source(run_service.get_run(session, run_id), variant)
         parsed_prompts = [Prompt.model_validate(p) for p in prompts]
         parsed_settings = GenerationSettings.model_validate(settings)
+        worker_settings = get_settings()
+        over = token_budget_problem(
+            len(parsed_prompts), parsed_settings.max_new_tokens, worker_settings.generation_max_total_new_tokens
+        )
+        if over:
+            return {"ok": False, "error": over}
         load_kwargs: dict[str, Any] = {}
         load_key = ""
         if source.kind == "adapter" and source.method:
@@ -49,11 +60,22 @@ def generate_task(run_id: int, variant: Variant, prompts: list[dict[str, Any]], 
             load_kwargs=load_kwargs,
             load_key=load_key,
         )
-        loaded, cached = model_cache(get_settings().generation_cache_models).get(model_source)
+        loaded, cached = model_cache(worker_settings.generation_cache_models).get(model_source)
         started = time.perf_counter()
-        completions = generate(loaded, parsed_prompts, parsed_settings, source.template)  # type: ignore[arg-type]
+        task_id = self.request.id
+        completions = generate(
+            loaded,
+            parsed_prompts,
+            parsed_settings,
+            source.template,  # type: ignore[arg-type]
+            batch_size=worker_settings.generation_batch_size,
+            should_stop=lambda: was_revoked(task_id),
+        )
     except run_service.RunNotFound:
         return {"ok": False, "error": f"run {run_id} does not exist"}
+    except GenerationStopped as exc:
+        log.info("generation for run %s stopped: its caller gave up (task %s)", run_id, self.request.id)
+        return {"ok": False, "error": str(exc)}
     except (merges.NotReady, TrainingError) as exc:
         return {"ok": False, "error": str(exc)}
     return {

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from celery.signals import worker_init, worker_process_init
 
+from worker import log_privacy
+
+log_privacy.install()  # task results are logged by size, never by content
+
 
 @worker_init.connect
 def _guard_forks(**_: object) -> None:

@@ -24,6 +24,7 @@ from worker import disk_usage, gpu_slots
 from worker.attempts import prepare_attempt
 from worker.distributed_launch import DistributedFailure, train_distributed
 from worker.reporting import DatabaseReporter
+from worker.service_base import ServiceTask
 from worker.training.errors import TrainingError
 from worker.training.loading import set_policy as set_source_policy
 from worker.training.loop import train
@@ -111,7 +112,7 @@ def train_run(self: Task, run_id: int, attempt: int) -> None:
     dispatch.continue_sweeps([search_sweep])
 
 
-@celery_app.task(name=INSPECT_MODEL_TASK, ignore_result=False)
+@celery_app.task(name=INSPECT_MODEL_TASK, ignore_result=False, base=ServiceTask)
 def inspect_model_task(model: str, method: dict[str, Any] | None = None) -> dict[str, Any]:
     """Config, module names and parameter counts of a model, without loading its weights."""
     from pydantic import TypeAdapter
@@ -126,7 +127,7 @@ def inspect_model_task(model: str, method: dict[str, Any] | None = None) -> dict
         return {"ok": False, "error": str(exc)}
 
 
-@celery_app.task(name=CHECK_METHOD_TASK, ignore_result=False)
+@celery_app.task(name=CHECK_METHOD_TASK, ignore_result=False, base=ServiceTask)
 def check_method_task(model: str, method: dict[str, Any], training: dict[str, Any] | None = None) -> dict[str, Any]:
     """Whether a method fits a model (module names, architecture), read on the meta device: {"ok": true,
     "checked": bool, "problems": {field: message}}. Unreadable models are "not checked", never refused here."""

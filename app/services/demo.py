@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from app.services.sweeps import SweepRequest, create_sweep
 from runspec import METHODS
+from runspec.spec import DEFAULT_DATASET, DEFAULT_MODEL
 from tunedeck_state.db import session_scope
 from tunedeck_state.models import Run
 from tunedeck_state.settings import Settings
@@ -80,3 +82,14 @@ def launch_demo_runs(settings: Settings) -> int:
         for request in demo_sweeps(settings.demo_dir):
             total += len(create_sweep(session, request).members)
         return total
+
+
+def new_run_defaults(settings: Settings) -> dict[str, Any]:
+    """The model and dataset the new-run form starts on: the course's hub ones, or the demo's (once built) when
+    serving the demo (`tunedeck serve --demo`) or offline (TUNEDECK_HUB_OFFLINE / HF_HUB_OFFLINE), where the hub
+    ones cannot be downloaded."""
+    model, dataset = settings.demo_dir / DEMO_MODEL_DIRNAME, settings.demo_dir / DEMO_DATASET
+    offline = settings.hub_offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if (settings.demo or offline) and (model / "config.json").is_file() and dataset.is_file():
+        return {"model": str(model), "dataset": {"source": str(dataset)}}
+    return {"model": DEFAULT_MODEL, "dataset": {"source": DEFAULT_DATASET}}

@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 _unanswered = threading.Event()  # set while the last check got no answer in time
 
 
-def check_method_fits_model(spec: RunSpec, timeout: float | None = None) -> None:
+def check_method_fits_model(spec: RunSpec, timeout: float | None = None) -> bool:
     """Raise SpecRefused ({method field: message listing the names the model has}) when a worker finds the method
-    cannot be applied to the model. Returns quietly when it fits, or when the check could not be made."""
+    cannot be applied to the model. Returns quietly when it fits, or when the check could not be made: False when
+    no worker answered (a batch then asks no more for that model), else True."""
     if not spec.method.is_peft:
-        return
+        return True
     timeout = get_settings().method_check_timeout_seconds if timeout is None else timeout
     if timeout <= 0:
-        return
+        return True
     if _unanswered.is_set():
         timeout = min(timeout, QUICK_LOOK_SECONDS)
     args = [spec.model, spec.method.model_dump(mode="json"), spec.training.model_dump(mode="json")]
@@ -40,15 +41,16 @@ def check_method_fits_model(spec: RunSpec, timeout: float | None = None) -> None
         answer = ask(CHECK_METHOD_TASK, *args, timeout=timeout)
     except Exception as exc:  # broker or result backend unreachable: queueing reports the broker itself
         log.warning("method not checked before queueing: %s: %s", type(exc).__name__, exc)
-        return
+        return False
     if answer is None:
         _unanswered.set()
         log.warning("method not checked before queueing: no worker answered within %.1f s", timeout)
-        return
+        return False
     _unanswered.clear()
     if not answer.get("ok") or not answer.get("checked"):
         log.info("method not checked before queueing: %s", answer.get("reason") or answer.get("error"))
-        return
+        return True
     problems = answer.get("problems") or {}
     if problems:
         raise SpecRefused([(str(field), str(message)) for field, message in problems.items()])
+    return True

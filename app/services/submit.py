@@ -46,10 +46,12 @@ def submit_runs(session: Session, specs: Sequence[RunSpec]) -> list[Run]:
     for spec in specs:
         check_sources(spec)
     checked: set[str] = set()
+    unanswered: set[str] = set()  # no worker answered for this model: ask no more for it (each would wait in turn)
     for spec in specs:
         key = spec.model + spec.method.model_dump_json() + str(spec.training.max_steps)
-        if key not in checked:
-            check_method_fits_model(spec)
+        if key not in checked and spec.model not in unanswered:
+            if not check_method_fits_model(spec):
+                unanswered.add(spec.model)
             checked.add(key)
     runs = [run_service.create_run(session, spec) for spec in specs]
     store_and_enqueue(session, runs)

@@ -259,15 +259,21 @@ def plan_sweep(request: SweepRequest) -> Plan:
 
 def check_methods_fit_models(plan: Plan) -> None:
     """Ask a worker, once per distinct model, method and training block, whether the method fits the model (the
-    check a single run gets at submit); raise SweepInvalid naming every run that does not fit."""
+    check a single run gets at submit); raise SweepInvalid naming every run that does not fit. Once no worker
+    answers for a model, its other runs are not asked about (each would wait in turn)."""
     problems: list[dict[str, Any]] = []
     refusals: dict[str, SpecRefused | None] = {}
+    unanswered: set[str] = set()  # models no worker answered for: the runs train anyway and check at their start
     for planned in plan.runs:
         spec = planned.spec
         key = spec.model + spec.method.model_dump_json() + spec.training.model_dump_json()
         if key not in refusals:
+            if spec.model in unanswered:
+                refusals[key] = None
+                continue
             try:
-                check_method_fits_model(spec)
+                if not check_method_fits_model(spec):
+                    unanswered.add(spec.model)
             except SpecRefused as refused:
                 refusals[key] = refused
             else:

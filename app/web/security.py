@@ -215,7 +215,7 @@ def bearer_matches(authorization: str | None, token: str) -> bool:
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(credentials.strip().encode(), token.encode())
+    return hmac.compare_digest(credentials.encode(), token.encode())  # exact: nothing stripped
 
 
 def safe_next(target: str | None) -> str:

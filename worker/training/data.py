@@ -7,13 +7,27 @@ from pathlib import Path
 from typing import Any
 
 from runspec import DatasetSpec
+from runspec.sources import SourceRefused, refuse_packaged_builder
 from worker.training.errors import TrainingError
 from worker.training.formats import IGNORE_INDEX as IGNORE_INDEX
 from worker.training.formats import check_columns, drop_unlearned, file_sha256, tokenize_rows
-from worker.training.loading import looks_like_local_path, resolve_dataset
+from worker.training.loading import resolve_dataset
 
 ALPACA_REQUIRED = ("instruction", "output")
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+#: `load_dataset("hf://datasets/org/name")` is remote only: a folder of that name in the current directory is ignored.
+HUB_ONLY_PREFIX = "hf://datasets/"
+
+
+def refuse_builder_name(source: str) -> None:
+    """TrainingError for a packaged builder of the installed `datasets` (the policy knows the names it was written
+    for; a newer release may add more)."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    try:
+        refuse_packaged_builder(source, builders=frozenset(_PACKAGED_DATASETS_MODULES))
+    except SourceRefused as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def format_prompt(instruction: str, input_text: str | None = None) -> str:
@@ -22,14 +36,19 @@ def format_prompt(instruction: str, input_text: str | None = None) -> str:
 
 
 def load_rows(spec: DatasetSpec) -> Any:
-    """Load the dataset's rows (a `datasets.Dataset`) from a local file or the hub, and check its columns."""
+    """Load the dataset's rows (a `datasets.Dataset`) from a local file or the hub, and check its columns.
+
+    A local file is read with its builder and that one file as explicit `data_files`; a hub id only as a hub
+    repository (`hf://datasets/<id>`: never a folder of the current directory, never a packaged builder such as
+    `json`, which without data files would read the current folder)."""
     import datasets
 
     source = spec.source
-    # A URL or a path outside the worker's data roots (after symlinks) is refused before anything is read.
+    # A URL, a builder name or a path outside the worker's data roots (after symlinks) is refused before reading.
     resolved = resolve_dataset(source)
-    path = Path(resolved.location) if resolved.kind == "local" else Path(source).expanduser()
-    if path.exists():
+    refuse_builder_name(source)
+    if resolved.kind == "local":
+        path = Path(resolved.location)
         if not path.is_file():
             raise TrainingError(f"dataset.source {source!r} is a folder; give a JSON, JSONL, CSV or Parquet file")
         builder = FILE_BUILDERS.get(path.suffix.lower())
@@ -48,11 +67,9 @@ def load_rows(spec: DatasetSpec) -> Any:
             raise TrainingError(f"dataset file {source!r} could not be read as {builder}: {_reason(exc)}") from exc
         except Exception as exc:
             raise TrainingError(f"dataset file {source!r} could not be read as {builder}: {_reason(exc)}") from exc
-    elif looks_like_local_path(source):
-        raise TrainingError(f"dataset.source {source!r} does not exist")
     else:
         try:
-            rows = datasets.load_dataset(source, name=spec.config, split=spec.split)
+            rows = datasets.load_dataset(HUB_ONLY_PREFIX + resolved.location, name=spec.config, split=spec.split)
         except Exception as exc:
             raise TrainingError(
                 f"could not load dataset {source!r} from the Hugging Face hub: {_reason(exc).rstrip('.')}. "

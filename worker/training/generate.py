@@ -12,7 +12,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,8 @@ Kind = Literal["adapter", "full", "base", "merged"]
 #: tokenizer's chat template (`chat`), or the bare text for runs trained on plain text (`plain`).
 Template = Literal["course", "chat", "plain"]
 DEFAULT_CACHE_SIZE = 2
+#: Prompts decoded together (greedy): one forward pass per new token for the whole batch.
+DEFAULT_BATCH_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -210,11 +212,42 @@ def prompt_text(prompt: Prompt, tokenizer: Any, template: Template = "course") -
     return format_prompt(prompt.instruction, prompt.input)
 
 
+class GenerationStopped(TrainingError):
+    """The request was given up on (its caller stopped waiting) while the worker generated."""
+
+
+class _StopWhen:
+    """A transformers stopping criterion: every sequence ends when `should_stop()` says so (asked at most every
+    CHECK_SECONDS, since it may read the result backend)."""
+
+    CHECK_SECONDS = 0.5
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+        self.stopped = False
+        self._next_check = time.monotonic() + self.CHECK_SECONDS
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if not self.stopped and now >= self._next_check:
+            self._next_check = now + self.CHECK_SECONDS
+            self.stopped = bool(self.should_stop())
+        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
+
+
 def generate(
-    loaded: LoadedModel, prompts: Sequence[Prompt], settings: GenerationSettings, template: Template = "course"
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    settings: GenerationSettings,
+    template: Template = "course",
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Completion]:
-    """One completion per prompt. Each prompt is decoded on its own (no padding), so its answer does not
-    depend on the other prompts of the request, and with do_sample off it is the same every time."""
+    """One completion per prompt. Greedy decoding batches prompts of one request (`batch_size` at a time, left
+    padded, masked), so the same request gives the same completions every time. Sampling with a seed decodes each
+    prompt on its own, so each starts from the seed and repeats. `should_stop` (asked between tokens) ends the
+    request early with GenerationStopped: its caller gave up."""
     tokenizer, model = loaded.tokenizer, loaded.model
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
@@ -229,34 +262,49 @@ def generate(
     else:
         # A checkpoint's generation_config may ask for sampling; greedy must not carry its flags along.
         options.update(temperature=None, top_p=None, top_k=None)
+    stop = _StopWhen(should_stop) if should_stop is not None else None
+    if stop is not None:
+        from transformers import StoppingCriteriaList
 
-    completions = []
-    for prompt in prompts:
-        text = prompt_text(prompt, tokenizer, template)
-        # The chat template writes its own special tokens; the course template has none, as in training.
-        encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(loaded.device)
-        prompt_ids = encoded["input_ids"][0]
+        options["stopping_criteria"] = StoppingCriteriaList([stop])
+
+    texts = [prompt_text(prompt, tokenizer, template) for prompt in prompts]
+    # The chat template writes its own special tokens; the course template has none, as in training.
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    per_batch = 1 if settings.do_sample and settings.seed is not None else max(1, batch_size)
+    # Prompts of similar length together: less padding.
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    results: dict[int, Completion] = {}
+    for first in range(0, len(order), per_batch):
+        if stop is not None and (stop.stopped or stop.should_stop()):
+            raise GenerationStopped("generation stopped: the caller gave up waiting")
+        batch = order[first : first + per_batch]
+        width = max(len(encoded[i]) for i in batch)
+        input_ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in batch])
+        attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch])
         if settings.do_sample and settings.seed is not None:
             torch.manual_seed(settings.seed)
             if has_cuda():
                 torch.cuda.manual_seed_all(settings.seed)
         with torch.inference_mode():
-            output = model.generate(**encoded, **options)[0]
-        new_ids = output[len(prompt_ids) :] if torch.equal(output[: len(prompt_ids)], prompt_ids) else output
-        new_list = new_ids.tolist()
-        stopped = eos_id is not None and eos_id in new_list
-        if stopped:
-            new_list = new_list[: new_list.index(eos_id)]
-        completions.append(
-            Completion(
-                prompt=text,
+            output = model.generate(
+                input_ids=input_ids.to(loaded.device), attention_mask=attention.to(loaded.device), **options
+            )
+        if stop is not None and stop.stopped:
+            raise GenerationStopped("generation stopped: the caller gave up waiting")
+        for row, index in enumerate(batch):
+            new_list = output[row][width:].tolist()
+            stopped = eos_id is not None and eos_id in new_list
+            if stopped:  # a row that ended before the longest of its batch is padded after its eos: cut there
+                new_list = new_list[: new_list.index(eos_id)]
+            results[index] = Completion(
+                prompt=texts[index],
                 completion=tokenizer.decode(new_list, skip_special_tokens=True),
-                prompt_tokens=len(prompt_ids),
+                prompt_tokens=len(encoded[index]),
                 completion_tokens=len(new_list) + (1 if stopped else 0),
                 finish_reason="stop" if stopped else "length",
             )
-        )
-    return completions
+    return [results[i] for i in range(len(texts))]
 
 
 # -- merging ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from runspec import RunSpec
 from runspec.precision import ResolvedDtypes
 from runspec.sources import ResolvedSource, SourcePolicy, SourceRefused, looks_like_local_path
+from worker.training import hub
 from worker.training.errors import TrainingError, first_line
 
 __all__ = [
@@ -61,17 +62,23 @@ def resolve_model(source: str, field: str = "model") -> ResolvedSource:
     code of its own. TrainingError otherwise (a URL, a path outside the roots or through a link out of them,
     auto_map)."""
     try:
-        return current_policy().resolve_model(source, field)
+        resolved = current_policy().resolve_model(source, field)
     except SourceRefused as exc:
         raise TrainingError(str(exc)) from None
+    if resolved.kind == "hub":
+        hub.require_reachable(source)  # offline: refused at once, with the way out
+    return resolved
 
 
 def resolve_dataset(source: str, field: str = "dataset.source") -> ResolvedSource:
     """A hub dataset id or a local data file inside the data roots; else TrainingError."""
     try:
-        return current_policy().resolve_dataset(source, field)
+        resolved = current_policy().resolve_dataset(source, field)
     except SourceRefused as exc:
         raise TrainingError(str(exc)) from None
+    if resolved.kind == "hub":
+        hub.require_reachable(source)
+    return resolved
 
 
 def remote_code_kwargs(resolved: ResolvedSource) -> dict[str, Any]:

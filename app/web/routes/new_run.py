@@ -9,14 +9,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.services.demo import DEMO_DATASET, DEMO_MODEL_DIRNAME
+from app.services.demo import DEMO_DATASET, DEMO_MODEL_DIRNAME, new_run_defaults
 from app.services.submit import submit_run
 from app.web.deps import SessionDep, load_run
 from app.web.forms import FormConflict, errors_by_field, fields_for, run_form_layout, shown_values, spec_from_form
 from app.web.presets import PRESETS, apply_preset
 from app.web.templating import is_htmx, templates
 from runspec import METHODS, DatasetSpec, PlacementSpec, RunSpec, TrainingSpec
-from runspec.spec import DEFAULT_DATASET, DEFAULT_MODEL
+from runspec.spec import DEFAULT_MODEL
 from tunedeck_state.settings import get_settings
 from tunedeck_state.source_checks import SpecRefused
 
@@ -54,14 +54,9 @@ def _demo_sources() -> dict[str, str]:
     return found
 
 
-def _default_values(demo: dict[str, str]) -> dict[str, Any]:
-    """The hub defaults, or with `serve --demo` (once prepared) the demo's model and data."""
-    return {
-        "name": "",
-        "model": demo.get("model", DEFAULT_MODEL),
-        "dataset": {"source": demo.get("dataset", DEFAULT_DATASET)},
-        "method": {"name": "lora"},
-    }
+def _default_values() -> dict[str, Any]:
+    """The hub defaults, or with `serve --demo` or offline (once prepared) the demo's model and data."""
+    return {"name": "", **new_run_defaults(get_settings()), "method": {"name": "lora"}}
 
 
 @page_router.get("/runs/new", response_class=HTMLResponse)
@@ -72,8 +67,8 @@ def new_run_page(
     dataset: int | None = None,
     preset: str | None = None,
 ) -> Response:
-    demo = _demo_sources() if get_settings().demo else {}
-    values = _default_values(demo)
+    values = _default_values()
+    on_demo = values["model"] != DEFAULT_MODEL
     if clone is not None:  # "Clone run" on a run's page, or "start from run #N" here
         source = load_run(session, clone)
         values = {**source.spec, "name": f"{source.name}-copy"}
@@ -81,7 +76,7 @@ def new_run_page(
         if preset not in PRESETS:
             known = ", ".join(PRESETS)
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no preset {preset!r}; the presets are {known}")
-        values = apply_preset(values, PRESETS[preset], keep_model="model" in demo)
+        values = apply_preset(values, PRESETS[preset], keep_model=on_demo)
     if dataset is not None:  # "Train on this" from a dataset's page
         from app.services import datasets as dataset_service
 
