@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.services import compare as compare_service
 from app.services.downsample import align, downsample, minmax_buckets, nice_width
-from app.services.spec_paths import apply_changes, differing_paths, flatten
+from runspec.spec_paths import apply_changes, differing_paths, flatten
 from tests.conftest import POSTGRES_ADMIN_URL, _services_unavailable
 from tunedeck_state.models import Base, Metric, Run
 

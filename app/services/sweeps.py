@@ -22,10 +22,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from app.services.method_check import check_method_fits_model
-from app.services.spec_paths import METHOD_NAME, apply_changes, flat_changes, format_value, short_label
 from app.services.submit import store_and_enqueue
 from runspec import RunSpec
 from runspec.base import StrictModel
+from runspec.spec_paths import METHOD_NAME, apply_changes, flat_changes, format_value, short_label
 from tunedeck_state import runs as run_service
 from tunedeck_state.models import Run, RunStatus, Sweep, SweepRun
 from tunedeck_state.search.pruning import steps_saved

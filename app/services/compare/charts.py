@@ -8,7 +8,7 @@ from typing import Any
 
 from app.services.compare.columns import LABELS, QUALITY_METRICS, SEED_PATH
 from app.services.compare.table import _label, _mean_spread, _number, _significant
-from app.services.spec_paths import differing_paths
+from runspec.spec_paths import differing_paths
 from tunedeck_state.models import Run
 
 

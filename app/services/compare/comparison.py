@@ -42,8 +42,8 @@ from app.services.compare.views import (
     swept_params,
 )
 from app.services.downsample import minmax_buckets, nice_width
-from app.services.spec_paths import flatten
 from runspec import RunSpec
+from runspec.spec_paths import flatten
 from tunedeck_state.models import Run
 
 # -- the comparison ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from app.services.spec_paths import differing_paths
+from runspec.spec_paths import differing_paths
 from tunedeck_state.models import Run
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from app.services.compare.columns import NUMERIC_COLUMNS, SEED_PATH
 from app.services.compare.series import SeriesStats
-from app.services.spec_paths import differing_paths, format_value
 from runspec import RunSpec
+from runspec.spec_paths import differing_paths, format_value
 from tunedeck_state.models import Run
 
 

@@ -21,7 +21,7 @@ from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
 from app.services.compare.columns import LABELS, QUALITY_METRICS, SEED_PATH
 from app.services.compare.table import _number
-from app.services.spec_paths import IGNORED_PATHS, differing_paths, format_value
+from runspec.spec_paths import IGNORED_PATHS, differing_paths, format_value
 from tunedeck_state.models import Run
 
 DEFAULT_OBJECTIVE = "best_eval_loss"
