@@ -43,6 +43,11 @@ class Estimate:
     headroom_bytes: int | None = None
     notes: tuple[str, ...] = ()
     suggestion: Suggestion | None = None
+    #: the dtypes counted (runspec.precision's ResolvedDtypes.details()) and the kernels assumed
+    dtypes: dict[str, Any] | None = None
+    kernels: dict[str, Any] | None = None
+    #: where seq_len comes from: training.max_length, or the longest batch of the dataset's token counts
+    seq_len_source: str | None = None
 
     def line(self, key: str) -> Line:
         for line in self.lines:
