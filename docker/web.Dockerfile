@@ -1,9 +1,12 @@
 # The dashboard and REST API. No ML stack: the web process never imports torch.
 FROM python:3.11-slim
 WORKDIR /opt/tunedeck
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml setup.py README.md alembic.ini ./
 COPY app app
 COPY runspec runspec
+COPY tunedeck_state tunedeck_state
+COPY tunedeck_jobs tunedeck_jobs
+COPY tunedeck_cli tunedeck_cli
 COPY worker worker
 COPY tunedeck_demo tunedeck_demo
 COPY templates templates

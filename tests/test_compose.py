@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from typing import Any
 
 import yaml
@@ -45,8 +46,11 @@ def test_dockerfiles_copy_what_the_app_needs() -> None:
     for dockerfile in ("docker/web.Dockerfile", "docker/worker.Dockerfile"):
         text = (ROOT / dockerfile).read_text()
         copied = set(re.findall(r"^COPY (\S+) ", text, flags=re.MULTILINE))
-        assert {"app", "runspec", "worker", "templates", "migrations"} <= copied, dockerfile
-    assert '-e ".[train]"' in (ROOT / "docker/worker.Dockerfile").read_text()
+        packages = {"app", "runspec", "worker", "tunedeck_state", "tunedeck_jobs", "tunedeck_cli"}
+        assert packages | {"templates", "migrations"} <= copied, dockerfile
+    assert '-e ".[train,gpu]"' in (ROOT / "docker/worker.Dockerfile").read_text()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(requirement.startswith("liger-kernel") for requirement in extras["gpu"])
 
 
 def _interpolate(value: str) -> str:

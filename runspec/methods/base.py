@@ -17,6 +17,7 @@ from runspec.memory.facts import ModelFacts, RunShape
 from runspec.memory.method_terms import MethodMemory, default_method_memory
 
 if TYPE_CHECKING:
+    from runspec.precision import ResolvedDtypes
     from runspec.spec import TrainingSpec
 
 
@@ -42,8 +43,9 @@ class MethodSpec(StrictModel):
     #: Fields that name modules of the model (peft's suffix matching); checked against the model's real names.
     module_fields: ClassVar[tuple[str, ...]] = ()
 
-    def model_load_kwargs(self) -> dict[str, Any]:
-        """Extra keyword arguments for `AutoModelForCausalLM.from_pretrained` (quantization, dtype)."""
+    def model_load_kwargs(self, dtypes: ResolvedDtypes | None = None) -> dict[str, Any]:
+        """Extra keyword arguments for `AutoModelForCausalLM.from_pretrained` (quantization). `dtypes`: the run's
+        (runspec.precision), for the compute dtype a quantized base de-quantizes to; None: the method's own rule."""
         return {}
 
     def resolved(self, training: TrainingSpec) -> MethodSpec:

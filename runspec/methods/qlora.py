@@ -1,18 +1,22 @@
 """QLoRA: LoRA on a base model loaded in 4 bit through bitsandbytes (NF4 or FP4, optional double quantization).
 
 The frozen base is stored quantized and de-quantized block by block to `bnb_4bit_compute_dtype` in each forward
-pass; only the LoRA matrices are trained, in full precision. `prepare_model_for_kbit_training` freezes the base
-and keeps norms and the output head in float32. bitsandbytes runs 4-bit layers on the CPU as well as on CUDA.
+pass; only the LoRA matrices are trained, in full precision (fp32). The base's other weights (embeddings, norms,
+head) are kept in the dtype they were loaded in: the compute dtype (training.base_dtype=auto) or fp32.
+bitsandbytes runs 4-bit layers on the CPU as well as on CUDA.
 Paged optimizers (training.optim = paged_adamw_8bit / paged_adamw_32bit) complete the QLoRA recipe on a GPU.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from runspec.methods.lora import LoraFamilySpec
+
+if TYPE_CHECKING:
+    from runspec.precision import ResolvedDtypes
 
 
 class QLoraSpec(LoraFamilySpec):
@@ -32,7 +36,9 @@ class QLoraSpec(LoraFamilySpec):
     bnb_4bit_compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="dtype the 4-bit weights are de-quantized to for each matmul. "
-        "auto: bfloat16 on a GPU that supports it, else float16 on a GPU, float32 on a CPU.",
+        "auto: the compute dtype (training.precision: bfloat16 on a GPU that supports it, float32 on a CPU unless "
+        "precision is bf16); float16 on a GPU without bf16. With training.base_dtype=fp32: bfloat16 on a GPU that "
+        "supports it, else float16 on a GPU, float32 on a CPU.",
     )
 
     def lora_init(self) -> bool | str:
@@ -47,15 +53,18 @@ class QLoraSpec(LoraFamilySpec):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
 
-    def model_load_kwargs(self) -> dict[str, Any]:
+    def model_load_kwargs(self, dtypes: ResolvedDtypes | None = None) -> dict[str, Any]:
+        import torch
         from transformers import BitsAndBytesConfig
+
+        compute = getattr(torch, dtypes.quantized_compute) if dtypes and dtypes.quantized_compute else None
 
         return {
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type=self.bnb_4bit_quant_type,
                 bnb_4bit_use_double_quant=self.bnb_4bit_use_double_quant,
-                bnb_4bit_compute_dtype=self.compute_dtype(),
+                bnb_4bit_compute_dtype=compute or self.compute_dtype(),
             )
         }
 
@@ -63,10 +72,22 @@ class QLoraSpec(LoraFamilySpec):
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         # Gradient checkpointing follows training.gradient_checkpointing: the Trainer turns it on (non-reentrant),
-        # so it is not forced here as the QLoRA scripts do.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        # so it is not forced here as the QLoRA scripts do. prepare_model_for_kbit_training would also cast every
+        # 16-bit weight that is not quantized (embeddings, norms, head) up to fp32; the base's other weights stay in
+        # the dtype training.base_dtype loaded them in (the compute dtype), so only its freezing is wanted here.
+        if _weights_are_fp32(model):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        else:
+            model.requires_grad_(False)
         keep_training_layout(model)
         return get_peft_model(model, self.peft_config())
+
+
+def _weights_are_fp32(model: Any) -> bool:
+    """Every weight that is not 4-bit is fp32 (training.base_dtype=fp32, or fp32 compute on a CPU)."""
+    import torch
+
+    return all(not p.dtype.is_floating_point or p.dtype == torch.float32 for p in model.parameters())
 
 
 def keep_training_layout(model: Any) -> None:

@@ -112,10 +112,21 @@ class _SupervisedLogitsCollator:
         return self.plan.add_to(self.collate(features))
 
 
-def plan_supervised_logits(spec: RunSpec, batching: Batching, model: Any) -> Batching:
-    """Add training.supervised_logits_only to the batching plan, checked on the method-wrapped model."""
+def plan_supervised_logits(spec: RunSpec, batching: Batching, model: Any, *, fused_loss: bool = False) -> Batching:
+    """Add training.supervised_logits_only to the batching plan, checked on the method-wrapped model.
+
+    `fused_loss`: Liger's fused linear cross entropy computes the loss (training.liger_kernel); it takes the
+    hidden states and the output weight and never materialises the logits, and it cannot take a boolean
+    logits_to_keep (it slices the hidden states by it as a 1-D index), so the batches carry none."""
     if not spec.training.supervised_logits_only:
         return replace(batching, supervised_logits=None, logits_reason="training.supervised_logits_only=false")
+    if fused_loss:
+        return replace(
+            batching,
+            supervised_logits=None,
+            logits_reason="Liger's fused linear cross entropy (training.liger_kernel) computes the loss without "
+            "materialising logits; supervised_logits_only is not needed",
+        )
     checked = check_supervised_logits(model)
     if isinstance(checked, str):
         return replace(batching, supervised_logits=None, logits_reason=f"every position projected: {checked}")

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from runspec import RunSpec
+from runspec.precision import ResolvedDtypes
 from runspec.sources import ResolvedSource, SourcePolicy, SourceRefused, looks_like_local_path
 from worker.training.errors import TrainingError, first_line
 
@@ -106,7 +107,9 @@ def load_tokenizer(model_source: str) -> Any:
     return tokenizer
 
 
-def load_base_model(spec: RunSpec) -> Any:
+def load_base_model(spec: RunSpec, dtypes: ResolvedDtypes | None = None, attn_implementation: str | None = None) -> Any:
+    """The base model, its weights in `dtypes.base` (runspec.precision; None: fp32) and, for QLoRA, de-quantized
+    to `dtypes.quantized_compute`; `attn_implementation`: transformers' (None: its default for the model)."""
     resolved = resolve_model(spec.model)
     if resolved.kind == "local" and not any(Path(resolved.location).glob("*.safetensors")):
         raise TrainingError(
@@ -115,8 +118,11 @@ def load_base_model(spec: RunSpec) -> Any:
             "save_pretrained (safetensors is the default)."
         )
     # safetensors only (never a pickle), trust_remote_code only for an allow-listed hub id at its pinned commit
-    kwargs: dict[str, Any] = {**model_load_kwargs(resolved), "dtype": torch.float32}
-    kwargs.update(spec.method.model_load_kwargs())
+    dtype = getattr(torch, dtypes.base) if dtypes is not None else torch.float32
+    kwargs: dict[str, Any] = {**model_load_kwargs(resolved), "dtype": dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    kwargs.update(spec.method.model_load_kwargs(dtypes))
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved.location, **kwargs)
     except Exception as exc:

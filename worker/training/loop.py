@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import (
     PrinterCallback,
     Trainer,
@@ -34,11 +33,13 @@ from worker.training.environment import report_to, run_environment
 from worker.training.errors import TrainingError
 from worker.training.evaluate import report_generation_metrics
 from worker.training.formats import drop_unlearned
-from worker.training.loading import count_parameters, load_base_model, load_tokenizer
+from worker.training.kernels import Kernels, check_kernels, plan_kernels
+from worker.training.loading import count_parameters, load_base_model, load_config, load_tokenizer
 from worker.training.memory_measured import MemoryProbe
 from worker.training.memory_profile import estimate_at_start
 from worker.training.method_fit import build_method, check_device_needs, first_step_failure
 from worker.training.oom import describe_out_of_memory, free_memory, is_out_of_memory
+from worker.training.precision import DtypesRecorder, check_precision, run_dtypes
 from worker.training.probe import record_probe
 from worker.training.reporter import Reporter
 from worker.training.resources import device_description, has_cuda
@@ -110,9 +111,15 @@ def _train(
         reporter.details({"train_samples": len(train_set), "eval_samples": len(eval_set) if eval_set else 0})
         log.info("data: %d training samples, %d held out", len(train_set), len(eval_set) if eval_set else 0)
         method = spec.method.resolved(spec.training)  # e.g. AdaLoRA's total_step from training.max_steps
-        base_model = load_base_model(spec)
+        dtypes = run_dtypes(spec)
+        kernels = plan_kernels(spec, load_config(spec.model), dtypes)
+        reporter.details({"kernels": kernels.details()})
+        log.info("attention: %s; liger kernels: %s", kernels.attention_reason, kernels.liger_reason)
+        base_model = load_base_model(spec, dtypes, kernels.attn_implementation)
 
-        model, batching = _wrap_with_method(spec, method, base_model, tokenizer, reporter)
+        model, batching = _wrap_with_method(spec, method, base_model, tokenizer, reporter, kernels)
+        dtypes_recorder = DtypesRecorder(dtypes, model, reporter.details)
+        log.info("dtypes: %s", _describe_dtypes(dtypes_recorder.recorded))
         trainable, total = _report_parameters(model, reporter)
         facts.update(trainable_params=trainable, total_params=total)
         _record_memory_estimate(spec, method, reporter, memory_estimate)
@@ -122,7 +129,7 @@ def _train(
         memory_probe = MemoryProbe(lambda measured: reporter.details({"memory_measured": measured}))
         trainer = Trainer(
             model=model,
-            args=training_arguments(spec, run_dir, has_eval=eval_set is not None, batching=batching),
+            args=training_arguments(spec, run_dir, has_eval=eval_set is not None, batching=batching, kernels=kernels),
             train_dataset=train_set,
             eval_dataset=eval_set,
             data_collator=batching.collator(tokenizer),
@@ -130,6 +137,7 @@ def _train(
             callbacks=[
                 callback,
                 memory_probe,
+                dtypes_recorder,
                 *method.trainer_callbacks(),
                 *extra_callbacks,
                 CheckpointMarkerCallback(),
@@ -161,12 +169,14 @@ def _check_worker(spec: RunSpec, reporter: Reporter) -> None:
     """What this worker is, and whether it can run the spec at all: fail before loading anything."""
     reporter.details(device_description())
     check_device_needs(spec)  # a paged optimizer on a CPU-only worker
+    check_precision(spec)  # bf16 on a GPU without it
+    check_kernels(spec)  # FlashAttention or Liger without CUDA or their package
     check_processes(spec)  # training.num_gpus processes (torchrun), FSDP only on CUDA
     reporter.details(run_environment(spec))
 
 
 def _wrap_with_method(
-    spec: RunSpec, method: MethodSpec, base_model: Any, tokenizer: Any, reporter: Reporter
+    spec: RunSpec, method: MethodSpec, base_model: Any, tokenizer: Any, reporter: Reporter, kernels: Kernels
 ) -> tuple[Any, Batching]:
     """The trainable model the method builds on the base model, and how its batches are made."""
     batching = plan_batching(spec, method, base_model)  # packing is checked on the base model itself
@@ -176,7 +186,8 @@ def _wrap_with_method(
         "packed" if batching.packing else f"padded ({batching.reason})",
     )
     model = build_method(method, base_model, tokenizer)  # target modules checked: readable refusal
-    batching = plan_supervised_logits(spec, batching, model)  # checked on the wrapped model: virtual tokens
+    # checked on the wrapped model (virtual tokens); Liger's fused loss projects without materialising logits
+    batching = plan_supervised_logits(spec, batching, model, fused_loss=kernels.liger)
     reporter.details({"batching": batching.details()})
     log.info("logits: %s", batching.logits_reason)
     return model, batching
@@ -299,14 +310,21 @@ def _checkpointing_argument(on: bool) -> dict[str, Any]:
 
 
 def training_arguments(
-    spec: RunSpec, run_dir: Path, *, has_eval: bool, batching: Batching | None = None
+    spec: RunSpec,
+    run_dir: Path,
+    *,
+    has_eval: bool,
+    batching: Batching | None = None,
+    kernels: Kernels | None = None,
 ) -> TrainingArguments:
-    """`batching`: what plan_batching chose for the loaded model; without it, the spec's grouping, no packing."""
+    """`batching`: what plan_batching chose for the loaded model; without it, the spec's grouping, no packing.
+    `kernels`: what plan_kernels chose; without it, no Liger kernels. Mixed precision (autocast) as
+    runspec.precision decides: none for fp32 and for pure_bf16, whose weights are bf16 already."""
     t = spec.training
     if batching is None:
         batching = Batching(group_by_length=t.group_by_length, packing=False, reason="not planned")
     cuda = has_cuda()
-    bf16 = t.precision == "bf16" or (t.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    dtypes = run_dtypes(spec)
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         max_steps=t.max_steps,
@@ -331,14 +349,23 @@ def training_arguments(
         include_num_input_tokens_seen="all" if batching.packing else "non_padding",
         train_sampling_strategy=batching.sampling_strategy(),
         **_checkpointing_argument(t.gradient_checkpointing and not uses_fsdp(spec)),  # FSDP: its own way
-        bf16=bf16,
-        fp16=t.precision == "fp16",
+        bf16=dtypes.autocast and dtypes.compute == "bfloat16",
+        fp16=dtypes.autocast and dtypes.compute == "float16",
+        use_liger_kernel=bool(kernels and kernels.liger),
         use_cpu=not cuda,
         optim=t.optim,
         label_names=["labels"],
         dataloader_num_workers=0,
         **trainer_arguments(spec),  # FSDP on several processes (DDP needs nothing)
     )
+
+
+def _describe_dtypes(recorded: Mapping[str, Any]) -> str:
+    loaded = recorded["loaded"]
+    frozen = ", ".join(sorted(loaded["frozen_params"])) or "none"
+    trainable = ", ".join(sorted(loaded["trainable_params"])) or "none"
+    mode = "autocast" if recorded["autocast"] else "no autocast"
+    return f"compute {recorded['compute']} ({mode}), frozen weights {frozen}, trainable {trainable}"
 
 
 def eval_interval(spec: RunSpec) -> int:
