@@ -192,3 +192,14 @@ def test_routes_leave_transactions_and_sessions_to_services_and_deps() -> None:
         if path.name != "deps.py" and ("Annotated[Session" in text or "Depends(get_session)" in text):
             found.append(f"{path.name} declares its own session dependency")
     assert found == []
+
+
+def test_every_route_module_follows_the_router_convention() -> None:
+    """app/web/routes/<feature>.py declares api_router and page_router, and the package mounts every feature."""
+    from app.web import routes
+
+    modules = {p.stem for p in (ROOT / "app" / "web" / "routes").glob("*.py") if p.stem != "__init__"}
+    mounted = {feature.__name__.rsplit(".", 1)[-1] for feature in routes.FEATURES}
+    assert mounted == modules, f"mount every feature in app/web/routes/__init__.py: {sorted(modules ^ mounted)}"
+    for feature in routes.FEATURES:
+        assert not feature.api_router.prefix, f"{feature.__name__}: /api is the package's prefix, not the module's"

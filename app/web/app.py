@@ -15,12 +15,8 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 
-from app.web import api, api_compare, api_sweeps, inference, pages, pages_compare, security
-from app.web import datasets as datasets_web
-from app.web import estimate as estimate_web
-from app.web import exports as exports_web
-from app.web import metrics as metrics_web
-from app.web import workers as workers_web
+from app.web import prometheus, routes, security
+from app.web.routes import exports as exports_web
 from app.web.templating import STATIC_DIR
 from runspec import METHODS
 from tunedeck_jobs import dispatch
@@ -114,22 +110,9 @@ def create_app() -> FastAPI:
     app.add_exception_handler(DataError, _id_out_of_range)
     security.install(app)  # host check, cross-site refusal, token + login (app/web/security.py)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.include_router(api.router)
-    app.include_router(inference.api_router)
-    app.include_router(pages.router)
-    app.include_router(inference.page_router)
-    app.include_router(api_sweeps.router)
-    app.include_router(api_compare.router)
-    app.include_router(pages_compare.router)
-    app.include_router(datasets_web.api_router)
-    app.include_router(exports_web.api_router)
-    app.include_router(datasets_web.page_router)
-    app.include_router(exports_web.page_router)
-    app.include_router(metrics_web.router)
-    app.include_router(estimate_web.api_router)
-    app.include_router(estimate_web.page_router)
-    app.include_router(workers_web.api_router)
-    app.include_router(workers_web.page_router)
+    app.include_router(routes.api_router)
+    app.include_router(routes.page_router)
+    app.include_router(prometheus.router)
     exports_web.register_template_helpers()
     server_storage_id()  # the data directory's identity, which workers report back (tunedeck_state/storage.py)
     return app

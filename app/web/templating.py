@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jinja2_fragments.fastapi import Jinja2Blocks
+from starlette.requests import Request
 
 from app.web import formatting
 
@@ -15,3 +16,8 @@ STATIC_DIR = _APP_DIR / "static"
 
 templates = Jinja2Blocks(directory=str(TEMPLATES_DIR))
 formatting.register(templates.env)
+
+
+def is_htmx(request: Request) -> bool:
+    """An htmx request: answer with the named block, not the whole page."""
+    return request.headers.get("HX-Request") == "true"

@@ -1,19 +1,22 @@
-"""REST API of comparisons: every chart and table of the comparison page, as JSON (or the table as CSV)."""
+"""Comparisons: every chart and table of the comparison page as JSON (or the table as CSV), and the page that draws them
+(app/static/compare.js)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, status
-from fastapi.responses import Response
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
 from app.services import compare as compare_service
 from app.services import sweeps as sweep_service
 from app.web.deps import SessionDep
+from app.web.templating import templates
 
-router = APIRouter(prefix="/api", tags=["compare"])
+api_router = APIRouter(tags=["compare"])
+page_router = APIRouter()
 
 
 def parse_run_ids(raw: str | list[str] | None) -> list[int]:
@@ -55,7 +58,7 @@ def resolve_run_ids(session: Session, run_ids: str | list[str] | None, sweep_id:
     return ids
 
 
-@router.get(
+@api_router.get(
     "/compare",
     responses={
         200: {
@@ -89,3 +92,23 @@ def compare(
             headers={"Content-Disposition": 'attachment; filename="comparison.csv"'},
         )
     return Response(orjson.dumps(comparison, option=orjson.OPT_NON_STR_KEYS), media_type="application/json")
+
+
+# -- compare ---------------------------------------------------------------------------------------------
+
+
+@page_router.get("/compare", response_class=HTMLResponse)
+def compare_page(
+    request: Request, run_ids: Annotated[list[str] | None, Query()] = None, sweep_id: int | None = None
+) -> Response:
+    ids = parse_run_ids(run_ids)
+    if not ids and sweep_id is None:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "choose runs to compare: tick them in the runs list, or a sweep"
+        )
+    query = "&".join(
+        part
+        for part in (f"run_ids={','.join(map(str, ids))}" if ids else "", f"sweep_id={sweep_id}" if sweep_id else "")
+        if part
+    )
+    return templates.TemplateResponse(request, "compare.html", {"query": query, "run_ids": ids, "sweep_id": sweep_id})

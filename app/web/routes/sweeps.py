@@ -1,52 +1,168 @@
-"""Pages of sweeps and comparisons. The charts and tables are drawn by app/static/compare.js from the same
-JSON that `GET /api/compare` serves; the sweep pages refresh their run tables as htmx fragments."""
+"""Sweeps: launch many runs from a base spec and a grid (or overrides), follow, cancel; as JSON and as pages whose run
+tables refresh as htmx fragments."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.services import sweeps as sweep_service
 from app.services.sweeps import SweepInvalid, SweepRequest
-from app.web.api_compare import parse_run_ids
 from app.web.deps import SessionDep, SweepDep
-from app.web.templating import templates
+from app.web.templating import is_htmx, templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from tunedeck_state import runs as run_service
 from tunedeck_state.models import Sweep
 
-router = APIRouter(include_in_schema=False)
-VARY_ROWS = 4
+api_router = APIRouter(tags=["sweeps"])
+page_router = APIRouter()
 
 
-def _is_htmx(request: Request) -> bool:
-    return request.headers.get("HX-Request") == "true"
+class SweepRunOut(BaseModel):
+    id: int
+    position: int
+    name: str
+    status: str
+    method: str
+    reused: bool
+    step: int
+    max_steps: int
+    progress: float
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    error: str | None
 
 
-# -- compare ---------------------------------------------------------------------------------------------
+class SweepOut(BaseModel):
+    id: int
+    name: str
+    created_at: datetime
+    state: str
+    progress: float
+    total: int
+    counts: dict[str, int]
+    varied: list[str]
+    request: dict[str, Any]
+    run_ids: list[int]
+    runs: list[SweepRunOut]
+    compare_url: str
+    page_url: str
 
 
-@router.get("/compare", response_class=HTMLResponse)
-def compare_page(
-    request: Request, run_ids: Annotated[list[str] | None, Query()] = None, sweep_id: int | None = None
-) -> Response:
-    ids = parse_run_ids(run_ids)
-    if not ids and sweep_id is None:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, "choose runs to compare: tick them in the runs list, or a sweep"
-        )
-    query = "&".join(
-        part
-        for part in (f"run_ids={','.join(map(str, ids))}" if ids else "", f"sweep_id={sweep_id}" if sweep_id else "")
-        if part
+class SweepPreview(BaseModel):
+    count: int
+    names: list[str]
+    varied: list[str]
+
+
+def sweep_out(sweep: Sweep) -> dict[str, Any]:
+    summary = sweep_service.summarize(sweep)
+    runs = [
+        {
+            "id": m.run.id,
+            "position": m.position,
+            "name": m.run.name,
+            "status": m.run.status,
+            "method": m.run.method,
+            "reused": m.reused,
+            "step": m.run.step,
+            "max_steps": m.run.max_steps,
+            "progress": m.run.progress,
+            "final_train_loss": m.run.final_train_loss,
+            "final_eval_loss": m.run.final_eval_loss,
+            "error": m.run.error,
+        }
+        for m in sweep.members
+    ]
+    run_ids = [r["id"] for r in runs]
+    return {
+        "id": sweep.id,
+        "name": sweep.name,
+        "created_at": sweep.created_at,
+        "state": summary.state,
+        "progress": summary.progress,
+        "total": summary.total,
+        "counts": summary.counts,
+        "varied": sweep.varied or [],
+        "request": sweep.request,
+        "run_ids": run_ids,
+        "runs": runs,
+        "compare_url": f"/api/compare?sweep_id={sweep.id}",
+        "page_url": f"/sweeps/{sweep.id}",
+    }
+
+
+def invalid_response(exc: SweepInvalid) -> JSONResponse:
+    """422 naming each bad run (its index in the expansion) and field, in the API's usual error shape."""
+    detail = [
+        {
+            "loc": ["body", "runs", p["run_index"], *str(p["field"]).split(".")]
+            if p["run_index"] is not None
+            else ["body", *str(p["field"]).split(".")],
+            **p,
+        }
+        for p in exc.problems
+    ]
+    return JSONResponse(
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail, "message": str(exc)}
     )
-    return templates.TemplateResponse(request, "compare.html", {"query": query, "run_ids": ids, "sweep_id": sweep_id})
+
+
+@api_router.post(
+    "/sweeps",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SweepOut,
+    responses={422: {"description": "an expanded run is invalid: detail names its run_index and field"}},
+)
+def create_sweep(request: SweepRequest, session: SessionDep) -> Any:
+    """Expand the grid (× overrides), validate every run, store them and queue the new ones. Runs identical
+    to one that already succeeded (or is queued or running) are reused unless `rerun` is true."""
+    try:
+        sweep = sweep_service.create_sweep(session, request)
+    except SweepInvalid as exc:
+        session.rollback()
+        return invalid_response(exc)
+    return sweep_out(sweep)
+
+
+@api_router.post("/sweeps/preview", response_model=SweepPreview)
+def preview_sweep(request: SweepRequest) -> Any:
+    """How many runs the request makes and their names, validated, without launching anything."""
+    try:
+        plan = sweep_service.plan_sweep(request)
+    except SweepInvalid as exc:
+        return invalid_response(exc)
+    return {"count": len(plan.runs), "names": [p.spec.name for p in plan.runs], "varied": plan.varied}
+
+
+@api_router.get("/sweeps", response_model=list[SweepOut])
+def list_sweeps(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    return [sweep_out(s) for s in sweep_service.list_sweeps(session, limit=limit, offset=offset)]
+
+
+@api_router.get("/sweeps/{sweep_id}", response_model=SweepOut)
+def get_sweep(sweep: SweepDep) -> Any:
+    return sweep_out(sweep)
+
+
+@api_router.post("/sweeps/{sweep_id}/cancel", response_model=SweepOut)
+def cancel_sweep(sweep: SweepDep, session: SessionDep) -> Any:
+    """Cancel all queued (at once) and running (at their next step) runs of the sweep."""
+    return sweep_out(sweep_service.cancel_sweep(session, sweep.id))
+
+
+VARY_ROWS = 4
 
 
 # -- sweeps ----------------------------------------------------------------------------------------------
@@ -56,10 +172,10 @@ def _sweep_rows(sweeps: list[Sweep]) -> list[dict[str, Any]]:
     return [{"sweep": s, "summary": sweep_service.summarize(s)} for s in sweeps]
 
 
-@router.get("/sweeps", response_class=HTMLResponse)
+@page_router.get("/sweeps", response_class=HTMLResponse)
 def sweeps_page(request: Request, session: SessionDep) -> Response:
     rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200))
-    block = "sweeps_table" if _is_htmx(request) else None
+    block = "sweeps_table" if is_htmx(request) else None
     return templates.TemplateResponse(request, "sweeps.html", {"rows": rows}, block_name=block)
 
 
@@ -72,13 +188,13 @@ def _sweep_context(sweep: Sweep) -> dict[str, Any]:
     }
 
 
-@router.get("/sweeps/{sweep_id:int}", response_class=HTMLResponse)
+@page_router.get("/sweeps/{sweep_id:int}", response_class=HTMLResponse)
 def sweep_page(request: Request, sweep: SweepDep) -> Response:
-    block = "sweep_live" if _is_htmx(request) else None
+    block = "sweep_live" if is_htmx(request) else None
     return templates.TemplateResponse(request, "sweep.html", _sweep_context(sweep), block_name=block)
 
 
-@router.post("/sweeps/{sweep_id:int}/cancel", response_class=HTMLResponse)
+@page_router.post("/sweeps/{sweep_id:int}/cancel", response_class=HTMLResponse)
 def cancel_sweep_from_page(request: Request, sweep: SweepDep, session: SessionDep) -> Response:
     sweep = sweep_service.cancel_sweep(session, sweep.id)
     return templates.TemplateResponse(request, "sweep.html", _sweep_context(sweep), block_name="sweep_live")
@@ -150,7 +266,7 @@ def _new_sweep_context(
     }
 
 
-@router.get("/sweeps/new", response_class=HTMLResponse)
+@page_router.get("/sweeps/new", response_class=HTMLResponse)
 def new_sweep_page(request: Request, session: SessionDep, base_run: int | None = None) -> Response:
     base = _default_base()
     name = "sweep"
@@ -233,7 +349,7 @@ def _request_from_form(form: dict[str, Any]) -> tuple[dict[str, Any], SweepReque
     return values, request
 
 
-@router.post("/sweeps/new/count", response_class=HTMLResponse)
+@page_router.post("/sweeps/new/count", response_class=HTMLResponse)
 async def new_sweep_count(request: Request, session: SessionDep) -> Response:
     """The live "makes N runs" line under the form (htmx), with every problem an expanded run would have."""
     form = dict(await request.form())
@@ -247,7 +363,7 @@ async def new_sweep_count(request: Request, session: SessionDep) -> Response:
     return templates.TemplateResponse(request, "sweep_new.html", context, block_name="count")
 
 
-@router.post("/sweeps", response_class=HTMLResponse)
+@page_router.post("/sweeps", response_class=HTMLResponse)
 async def create_sweep_from_form(request: Request, session: SessionDep) -> Response:
     form = dict(await request.form())
     values: dict[str, Any] = {}
@@ -272,9 +388,9 @@ async def create_sweep_from_form(request: Request, session: SessionDep) -> Respo
             "sweep_new.html",
             context,
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-            block_name="form" if _is_htmx(request) else None,
+            block_name="form" if is_htmx(request) else None,
         )
     url = f"/sweeps/{sweep.id}"
-    if _is_htmx(request):
+    if is_htmx(request):
         return Response(status_code=status.HTTP_201_CREATED, headers={"HX-Redirect": url})
     return RedirectResponse(url, status_code=status.HTTP_303_SEE_OTHER)

@@ -21,8 +21,8 @@ from tunedeck_state import merges
 from tunedeck_state.models import Run
 from tunedeck_state.settings import get_settings
 
-api_router = APIRouter(prefix="/api", tags=["api"])
-page_router = APIRouter(include_in_schema=False)
+api_router = APIRouter(tags=["inference"])
+page_router = APIRouter()
 
 
 class CompletionOut(BaseModel):

@@ -28,8 +28,8 @@ from tunedeck_state.settings import get_settings
 DATASET_RPC_TIMEOUT_SECONDS = 300.0
 DEFAULT_PREVIEW_MAX_LENGTH = 512
 
-api_router = APIRouter(prefix="/api", tags=["datasets"])
-page_router = APIRouter(include_in_schema=False)
+api_router = APIRouter(tags=["datasets"])
+page_router = APIRouter()
 
 
 class DatasetOut(BaseModel):

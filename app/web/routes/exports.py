@@ -17,8 +17,8 @@ from runspec.base import StrictModel
 from tunedeck_state.models import Run
 from tunedeck_state.settings import get_settings
 
-api_router = APIRouter(prefix="/api", tags=["exports"])
-page_router = APIRouter(include_in_schema=False)
+api_router = APIRouter(tags=["exports"])
+page_router = APIRouter()
 KindParam = Literal["adapter", "model", "merged"]
 
 

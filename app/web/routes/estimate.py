@@ -18,8 +18,8 @@ from runspec.memory.measured import compare
 from runspec.memory.report import Estimate
 from runspec.memory.units import GIB
 
-api_router = APIRouter(prefix="/api", tags=["api"])
-page_router = APIRouter(include_in_schema=False)
+api_router = APIRouter(tags=["estimate"])
+page_router = APIRouter()
 
 #: Components drawn in the bar, in this order (the trainable parameters are part of the weights).
 BAR_ORDER = (

@@ -14,8 +14,8 @@ from app.web.templating import templates
 from tunedeck_state import workers as worker_service
 from tunedeck_state.settings import get_settings
 
-api_router = APIRouter(prefix="/api", tags=["workers"])
-page_router = APIRouter(include_in_schema=False)
+api_router = APIRouter(tags=["workers"])
+page_router = APIRouter()
 
 
 class WorkerOut(BaseModel):

@@ -1,0 +1,245 @@
+"""Runs: the list, a run's page and its live fragments, cancel and resume; the same as JSON under /api/runs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.orm import Session
+
+from app.services import control
+from app.services import inference as inference_service
+from app.services.submit import submit_run
+from app.web.deps import RunDep, SessionDep, load_run
+from app.web.schemas import LogLine, MetricSeries, RunDetail, RunList, RunOut
+from app.web.templating import templates
+from runspec import METHODS, RunSpec
+from tunedeck_state import runs as run_service
+from tunedeck_state.models import Run, RunStatus
+
+api_router = APIRouter(tags=["runs"])
+page_router = APIRouter()
+SORT_PATTERN = f"^-?({'|'.join(run_service.RUN_SORTS)})$"
+CHART_GROUPS = [
+    {"title": "Loss", "keys": ["loss", "eval_loss"]},
+    {"title": "Learning rate", "keys": ["learning_rate"]},
+    {"title": "Throughput (tokens/s)", "keys": ["tokens_per_second"]},
+    {"title": "Memory (MiB)", "keys": ["memory_bytes"], "scale": 1 / 2**20},
+]
+
+
+RUNS_PER_PAGE = 50
+SORT_LABELS = {
+    "-created": "newest first",
+    "created": "oldest first",
+    "name": "name A–Z",
+    "-name": "name Z–A",
+    "status": "status",
+    "method": "method",
+    "train_loss": "lowest train loss",
+    "eval_loss": "lowest eval loss",
+    "-train_loss": "highest train loss",
+    "-eval_loss": "highest eval loss",
+}
+
+
+@dataclass(frozen=True)
+class RunsQuery:
+    """The runs page's filters, sort and page, from its query string (empty form fields mean "any")."""
+
+    status: str | None
+    method: str | None
+    name: str | None
+    sort: str
+    page: int
+
+    def url(self, path: str = "/", **changes: Any) -> str:
+        values = {**asdict(self), **changes}
+        defaults = {"sort": "-created", "page": 1}
+        query = {k: v for k, v in values.items() if v not in (None, "") and defaults.get(k) != v}
+        return f"{path}?{urlencode(query)}" if query else path
+
+
+def runs_query(
+    status_: Annotated[str | None, Query(alias="status", max_length=16)] = None,
+    method: Annotated[str | None, Query(max_length=32)] = None,
+    name: Annotated[str | None, Query(max_length=100)] = None,
+    sort: Annotated[str | None, Query(max_length=16)] = None,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+) -> RunsQuery:
+    statuses = [s.value for s in RunStatus]
+    if status_ and status_ not in statuses:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"status must be one of {', '.join(statuses)}")
+    if sort and sort not in run_service.SORT_CHOICES:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"sort must be one of {', '.join(run_service.SORT_CHOICES)}"
+        )
+    return RunsQuery(status_ or None, method or None, (name or "").strip() or None, sort or "-created", page)
+
+
+RunsQueryDep = Annotated[RunsQuery, Depends(runs_query)]
+
+
+def _runs_context(session: Session, query: RunsQuery) -> dict[str, Any]:
+    """One page of the list (RUNS_PER_PAGE runs, from the indexes and each run's latest-value summary)."""
+    page = run_service.list_runs(
+        session,
+        status=query.status,
+        method=query.method,
+        name=query.name,
+        sort=query.sort,
+        limit=RUNS_PER_PAGE,
+        offset=(query.page - 1) * RUNS_PER_PAGE,
+    )
+    pages = max(1, -(-page.total // RUNS_PER_PAGE))
+    return {
+        "runs": page.items,
+        "total": page.total,
+        "query": query,
+        "pages": pages,
+        "table_url": query.url("/runs/table"),
+        "prev_url": query.url(page=query.page - 1) if query.page > 1 else None,
+        "next_url": query.url(page=query.page + 1) if query.page < pages else None,
+        "statuses": [s.value for s in RunStatus],
+        "methods": list(METHODS),
+        "sorts": SORT_LABELS,
+        "filtered": bool(query.status or query.method or query.name),
+    }
+
+
+@page_router.get("/", response_class=HTMLResponse)
+def runs_page(request: Request, session: SessionDep, query: RunsQueryDep) -> Response:
+    return templates.TemplateResponse(request, "runs_list.html", _runs_context(session, query))
+
+
+@page_router.get("/runs/table", response_class=HTMLResponse)
+def runs_table(request: Request, session: SessionDep, query: RunsQueryDep) -> Response:
+    return templates.TemplateResponse(request, "runs_list.html", _runs_context(session, query), block_name="runs_table")
+
+
+# -- new run ---------------------------------------------------------------------------------------------
+
+
+def _run_context(session: Session, run: Run) -> dict[str, Any]:
+    return {
+        "run": run,
+        "log_lines": run_service.log_tail(session, run.id, 30),
+        "chart_groups": CHART_GROUPS,
+        "inference": inference_service.page_context(run),
+    }
+
+
+@page_router.get("/runs/{run_id}", response_class=HTMLResponse)
+def run_page(request: Request, run: RunDep, session: SessionDep) -> Response:
+    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run))
+
+
+@page_router.get("/runs/{run_id}/live", response_class=HTMLResponse)
+def run_live(request: Request, run: RunDep, session: SessionDep) -> Response:
+    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
+
+
+@page_router.post("/runs/{run_id}/cancel", response_class=HTMLResponse)
+def cancel_from_page(request: Request, run: RunDep, session: SessionDep) -> Response:
+    run_id = run.id
+    try:
+        run = control.cancel(session, run_id)
+    except run_service.InvalidTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
+
+
+@page_router.post("/runs/{run_id}/resume", response_class=HTMLResponse)
+def resume_from_page(request: Request, run: RunDep, session: SessionDep) -> Response:
+    run_id = run.id
+    try:
+        control.resume(session, run_id)
+    except run_service.InvalidTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    run = load_run(session, run_id)
+    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
+
+
+# -- API ------------------------------------------------------------------------------------------------
+
+
+@api_router.post("/runs", status_code=status.HTTP_201_CREATED, response_model=RunOut)
+def create_run(spec: RunSpec, session: SessionDep) -> Any:
+    return submit_run(session, spec)
+
+
+@api_router.get("/runs", response_model=RunList)
+def list_runs(
+    session: SessionDep,
+    status_: Annotated[RunStatus | None, Query(alias="status")] = None,
+    method: Annotated[str | None, Query(max_length=32)] = None,
+    name: Annotated[str | None, Query(max_length=100, description="Runs whose name contains this (any case).")] = None,
+    sort: Annotated[
+        str,
+        Query(
+            pattern=SORT_PATTERN,
+            description=f"One of {', '.join(run_service.RUN_SORTS)}; a leading '-' sorts descending.",
+        ),
+    ] = "-created",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """A page of runs, newest first unless `sort` says otherwise. Read from indexes and the runs' latest-value
+    summary only (never the metrics table), so it costs the same with 10 runs or 10,000."""
+    page = run_service.list_runs(
+        session,
+        status=status_.value if status_ else None,
+        method=method,
+        name=name,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+    )
+    return {"items": page.items, "total": page.total, "limit": page.limit, "offset": page.offset}
+
+
+@api_router.get("/runs/{run_id}", response_model=RunDetail)
+def get_run(run: RunDep) -> Any:
+    """One run, with `events`: every status change with its time and reason."""
+    return run
+
+
+@api_router.get("/runs/{run_id}/metrics", response_model=MetricSeries)
+def get_metrics(
+    run_id: int,
+    session: SessionDep,
+    key: Annotated[str | None, Query(max_length=64)] = None,
+    after_step: Annotated[int | None, Query(ge=-1)] = None,
+) -> Any:
+    load_run(session, run_id)
+    return {"run_id": run_id, "series": run_service.metric_series(session, run_id, key=key, after_step=after_step)}
+
+
+@api_router.get("/runs/{run_id}/logs", response_model=list[LogLine])
+def get_logs(run_id: int, session: SessionDep, lines: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:
+    load_run(session, run_id)
+    return run_service.log_tail(session, run_id, lines)
+
+
+@api_router.post("/runs/{run_id}/cancel", response_model=RunOut)
+def cancel_run(run: RunDep, session: SessionDep) -> Any:
+    run_id = run.id
+    try:
+        run = control.cancel(session, run_id)
+    except run_service.InvalidTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return run
+
+
+@api_router.post("/runs/{run_id}/resume", response_model=RunDetail)
+def resume_run(run: RunDep, session: SessionDep) -> Any:
+    """Queue a failed or cancelled run again (attempt + 1); it continues from its last complete checkpoint."""
+    run_id = run.id
+    try:
+        control.resume(session, run_id)
+    except run_service.InvalidTransition as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return load_run(session, run_id)
