@@ -346,6 +346,30 @@ def test_a_run_stores_its_estimate_and_what_it_used(sqlite_stack: Stack, tiny_as
         fragment = client.get(f"/runs/{run['id']}/memory", headers=HX)
         assert fragment_root(fragment.text)["id"] == "run-memory"
 
+        # The run tokenized its dataset: a later estimate on the same rows uses the longest sample, not max_length.
+        longest = run["details"]["dataset"]["longest_tokens"]
+        longer = {**spec, "training": {**spec["training"], "max_length": 4 * longest}}
+        answer = client.post("/api/estimate", json=longer, params={"device": "cpu"}).json()
+        assert answer["seq_len"] == longest and "tokenized dataset" in answer["seq_len_source"], answer
+        everything = {**longer, "dataset": {**spec["dataset"], "max_samples": None}}  # rows it has not seen
+        answer = client.post("/api/estimate", json=everything, params={"device": "cpu"}).json()
+        assert answer["seq_len"] == 4 * longest and "training.max_length" in answer["seq_len_source"]
+
+
+def test_a_preview_bounds_the_length() -> None:
+    from app.services import token_lengths
+
+    spec = _spec({"name": "lora"}, max_length=512)
+    token_lengths.remember_preview(
+        spec.dataset, spec.model, {"lengths": {"max": 300}, "measured_rows": 20, "total_rows": 99}
+    )
+    assert token_lengths.length_for_estimate(None, spec)[0] is None  # 20 of 99 rows measured: no bound
+    first = RunSpec.model_validate({**spec.model_dump(), "dataset": {**spec.dataset.model_dump(), "max_samples": 20}})
+    seq_len, source = token_lengths.length_for_estimate(None, first)
+    assert seq_len == 300 and source and "preview" in source
+    assert estimate_memory(first, _bloom_profile("bloom-389m-zh", {"name": "lora"}), seq_len=seq_len).seq_len == 300
+    token_lengths.clear_previews()
+
 
 @pytest.mark.browser
 def test_the_form_shows_the_estimate_live(service_worker_up: Stack, tiny_assets: Any, browser_page: Any) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.services.token_lengths import length_for_estimate
 from runspec import METHODS, RunSpec
 from runspec.memory.estimate import estimate_memory
 from runspec.memory.report import Estimate
@@ -160,9 +161,16 @@ def estimate_spec(
     elif worker.get("kind") == kind and worker.get("memory_bytes"):
         device_memory_bytes = int(worker["memory_bytes"])
         source = f"{worker.get('name') or kind} reported by a worker"
+    seq_len, seq_len_source = length_for_estimate(session, spec)  # the dataset's longest sample, once known
     try:
         estimate = estimate_memory(
-            spec, found.profile, device=kind, device_memory_bytes=device_memory_bytes, device_source=source
+            spec,
+            found.profile,
+            device=kind,
+            device_memory_bytes=device_memory_bytes,
+            device_source=source,
+            seq_len=seq_len,
+            seq_len_source=seq_len_source,
         )
         if with_suggestions:
             estimate = with_suggestion(

@@ -91,7 +91,7 @@ def estimate_memory(
     )
     liger, liger_reason = liger_planned(spec.training.liger_kernel, facts.model_type, device)
     length = min(seq_len, spec.training.max_length) if seq_len else spec.training.max_length
-    length_text = seq_len_source if seq_len else None
+    length_text = seq_len_source
     run = run_shape(spec, facts, device, dtypes, liger=liger, seq_len=length)
     memory = spec.method.memory(facts, run)
     notes.extend(memory.notes)
@@ -330,4 +330,5 @@ def estimate_memory(
         seq_len_source=length_text
         or f"training.max_length = {spec.training.max_length}"
         + (f" + {run.seq_len - length} virtual tokens" if run.seq_len != length else ""),
+        sample_len=length,
     )

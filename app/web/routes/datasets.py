@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.services import datasets as dataset_service
+from app.services import token_lengths
 from app.web.deps import DatasetDep, SessionDep, load_dataset
 from runspec import DatasetSpec
 from runspec.base import StrictModel
@@ -198,9 +199,11 @@ def preview(
     dataset: Dataset, model: str, template: str | None, max_length: int, rows: int, fmt: str | None = None
 ) -> dict[str, Any]:
     spec = _spec_or_422(**{**_spec(dataset), "template": template, "format": fmt})
-    return call_worker(
+    answer = call_worker(
         PREVIEW_DATASET_TASK, spec.model_dump(mode="json"), model, max_length, rows, timeout=DATASET_RPC_TIMEOUT_SECONDS
     )
+    token_lengths.remember_preview(spec, model, answer)  # the memory estimate's length for runs on it
+    return answer
 
 
 @api_router.get("/datasets/{dataset_id}/preview")
