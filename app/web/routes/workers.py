@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from app.services.memory_accuracy import accuracy_by_gpu
 from app.web.deps import SessionDep
 from app.web.templating import templates
 from tunedeck_state import workers as worker_service
@@ -70,9 +71,17 @@ def list_workers(session: SessionDep) -> Any:
     return _views(session)
 
 
+@api_router.get("/workers/memory-accuracy")
+def memory_accuracy(session: SessionDep) -> list[dict[str, Any]]:
+    """Per GPU type, measured / estimated memory (torch.cuda.max_memory_reserved over the estimate) of past
+    succeeded runs: median, lowest, highest and how many runs."""
+    return [vars(found) for found in accuracy_by_gpu(session)]
+
+
 @page_router.get("/workers", response_class=HTMLResponse)
 def workers_page(request: Request, session: SessionDep) -> Response:
-    return templates.TemplateResponse(request, "workers.html", {"workers": _views(session)})
+    context = {"workers": _views(session), "accuracy": accuracy_by_gpu(session)}
+    return templates.TemplateResponse(request, "workers.html", context)
 
 
 @page_router.get("/workers/table", response_class=HTMLResponse)
