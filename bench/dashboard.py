@@ -46,11 +46,19 @@ LIST_TARGET_MS = 50.0
 COMPARE_TARGET_MS = 300.0
 PAGE_TARGET_MS = 1000.0
 LIVE_TARGET_MS = 1000.0
+COLD_TARGET_MS = 1000.0
+BACKENDS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
-def time_lists(base_url: str, requests: int) -> dict[str, list[float]]:
-    """Each query `requests` times (after 3 unmeasured), interleaved, in milliseconds."""
+def time_lists(base_url: str, requests: int, runs: int = 10_000) -> dict[str, list[float]]:
+    """Each query `requests` times (after 3 unmeasured), interleaved, in milliseconds. The deepest offsets
+    scale with the fixture (at 100,000 runs: offset 99,900 and 50,000)."""
     queries = {**API_QUERIES, **PAGE_QUERIES}
+    deep = {
+        "sort=name, offset=5000": f"/api/runs?sort=name&offset={runs // 2}",
+        "sort=status, offset=9900": f"/api/runs?sort=status&offset={runs - 100}",
+    }
+    queries.update({label: url for label, url in deep.items() if label in queries})
     times: dict[str, list[float]] = {label: [] for label in queries}
     with httpx.Client(base_url=base_url, timeout=60) as client:
         for _ in range(3):
@@ -111,104 +119,116 @@ def live_latency(base_url: str, samples: int) -> tuple[list[float], float]:
     return latencies, flush
 
 
-def figures(results: dict[str, Any]) -> list[Figure]:
+def figures(results: dict[str, Any], args: argparse.Namespace, db: str) -> list[Figure]:
     lists = results["lists"]
     api = [t for label in API_QUERIES for t in lists[label]]
     pages = [t for label in PAGE_QUERIES for t in lists[label]]
     worst_api = max(API_QUERIES, key=lambda label: percentile(lists[label], 95))
     worst_page = max(PAGE_QUERIES, key=lambda label: percentile(lists[label], 95))
+    n, c = f"{args.runs:,} runs", f"{args.compared} runs × {args.steps:,} steps"
     return [
-        Figure("3. GET /api/runs at 10,000 runs, p95 (all kinds)", percentile(api, 95), LIST_TARGET_MS, "ms"),
+        Figure(f"3. {db}: GET /api/runs at {n}, p95 (all kinds)", percentile(api, 95), LIST_TARGET_MS, "ms"),
         Figure(
-            "3. GET /api/runs, p95 of the slowest kind",
+            f"3. {db}: GET /api/runs, p95 of the slowest kind",
             percentile(lists[worst_api], 95),
             LIST_TARGET_MS,
             "ms",
             note=worst_api,
         ),
-        Figure("3. runs list page at 10,000 runs, p95 (all kinds)", percentile(pages, 95), LIST_TARGET_MS, "ms"),
+        Figure(f"3. {db}: runs list page at {n}, p95 (all kinds)", percentile(pages, 95), LIST_TARGET_MS, "ms"),
         Figure(
-            "3. runs list page, p95 of the slowest kind",
+            f"3. {db}: runs list page, p95 of the slowest kind",
             percentile(lists[worst_page], 95),
             LIST_TARGET_MS,
             "ms",
             note=worst_page,
         ),
-        Figure("3. GET /api/compare, 50 runs, median", median(results["compare_warm"]), COMPARE_TARGET_MS, "ms"),
-        Figure("3. GET /api/compare, 50 runs, first call (cold)", results["compare_cold"], None, "ms"),
-        Figure("3. comparison page drawn in chromium, median", median(results["page"]), PAGE_TARGET_MS, "ms"),
-        Figure("3. new point visible on a running run's page, median", median(results["live"]), LIVE_TARGET_MS, "ms"),
-        Figure("3. new point visible on a running run's page, max", max(results["live"]), LIVE_TARGET_MS, "ms"),
+        Figure(f"3. {db}: GET /api/compare, {c}, first call (cold)", results["compare_cold"], COLD_TARGET_MS, "ms"),
+        Figure(f"3. {db}: GET /api/compare, {c}, median", median(results["compare_warm"]), COMPARE_TARGET_MS, "ms"),
+        Figure(f"3. {db}: comparison page drawn in chromium, median", median(results["page"]), PAGE_TARGET_MS, "ms"),
+        Figure(f"3. {db}: new point visible on a running run's page, max", max(results["live"]), LIVE_TARGET_MS, "ms"),
     ]
 
 
-def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
-    seeded = results["seeded"]
-    lists = results["lists"]
-    rows = ["| request | median | p95 | max |", "| --- | --- | --- | --- |"]
-    for label in (*API_QUERIES, *PAGE_QUERIES):
-        url = {**API_QUERIES, **PAGE_QUERIES}[label]
-        times = lists[label]
-        rows.append(
-            f"| `{url}` | {number(median(times), 'ms')} | **{number(percentile(times, 95), 'ms')}** | "
-            f"{number(max(times), 'ms')} |"
+def markdown(every: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    names = [BACKENDS[b] for b in every]
+    head = "| request | " + " | ".join(f"{n}: median / **p95** / max" for n in names) + " |"
+    rows = [head, "| --- |" + " --- |" * len(names)]
+    any_lists = next(iter(every.values()))["lists"]
+    for label in any_lists:
+        cells = []
+        for results in every.values():
+            times = results["lists"][label]
+            p95 = number(percentile(times, 95), "ms")
+            cells.append(f"{number(median(times), 'ms')} / **{p95}** / {number(max(times), 'ms')}")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    compare_rows = [
+        "| what | " + " | ".join(names) + " | target |",
+        "| --- |" + " --- |" * (len(names) + 1),
+        "| `GET /api/compare`, first call after the server started (cold) | "
+        + " | ".join(f"**{number(r['compare_cold'], 'ms')}**" for r in every.values())
+        + " | < 1 s |",
+        f"| same, median of {args.repeat} (warm) | "
+        + " | ".join(
+            f"{number(median(r['compare_warm']), 'ms')} (max {number(max(r['compare_warm']), 'ms')})"
+            for r in every.values()
         )
-    live = results["live"]
-    warm = results["compare_warm"]
-    page = results["page"]
-    warm_cell = f"**{number(median(warm), 'ms')}** (min {number(min(warm), 'ms')}, max {number(max(warm), 'ms')})"
-    page_cell = f"**{number(median(page), 'ms')}** (max {number(max(page), 'ms')})"
-    return f"""## The dashboard at scale: 10,000 runs (`python -m bench.dashboard`)
+        + " | < 300 ms |",
+        "| answer size | " + " | ".join(f"{r['compare_mib']:.1f} MiB" for r in every.values()) + " | |",
+        f"| comparison page in headless chromium, navigation → every chart drawn, median of {args.page_repeat} | "
+        + " | ".join(f"{number(median(r['page']), 'ms')} (max {number(max(r['page']), 'ms')})" for r in every.values())
+        + " | < 1 s |",
+        "| a running run's page: log call → new point drawn, median / max | "
+        + " | ".join(f"{number(median(r['live']), 'ms')} / {number(max(r['live']), 'ms')}" for r in every.values())
+        + " | < 1 s |",
+    ]
+    seeded = next(iter(every.values()))["seeded"]
+    fixture = " ".join(
+        f"{BACKENDS[b]}: runs {r['seeded'].runs_seconds:.0f} s, metrics {r['seeded'].metrics_seconds:.0f} s, "
+        f"rollups {r['seeded'].rollups_seconds:.0f} s."
+        for b, r in every.items()
+    )
+    return f"""## The dashboard at scale: {args.runs:,} runs (`python -m bench.dashboard`)
 
-A generated fixture (`bench/fixture.py`) in a scratch SQLite database: {seeded.runs:,} runs with full specs, a few
-kilobytes of details each and their latest-value summary; the newest {len(seeded.compared_ids)} (a LoRA sweep) with
-{args.steps:,} logged steps × 4 metrics (+ an eval loss every 500 steps): {seeded.metric_rows:,} metric rows. Written
-in {seeded.runs_seconds:.1f} s (runs, bulk Core inserts) + {seeded.metrics_seconds:.1f} s (metrics, through the
-workers' own `upsert_metrics`, {seeded.metric_rows / seeded.metrics_seconds:,.0f} rows/s, most of it generating
-the values). `tunedeck serve --no-worker` serves it; {args.requests} calls of each request below, interleaved.
+A generated fixture (`bench/fixture.py`) in a scratch database ({", ".join(names)}): {seeded.runs:,} runs with full
+specs, a few kilobytes of details each and their latest-value summary; the newest {len(seeded.compared_ids)} (a LoRA
+sweep, ranks × seeds) with {args.steps:,} logged steps × 4 metrics (+ an eval loss every 500 steps):
+{seeded.metric_rows:,} metric rows, written through the workers' own `upsert_metrics`, then rolled up as
+`finish_run` does when a run ends (`tunedeck_state.rollups`). Written in: {fixture} `tunedeck serve --no-worker`
+serves it; {args.requests} calls of each list request, interleaved.
 
-{machine()}.
+{machine()}. PostgreSQL runs on the same machine.
 
 **Runs list** (target: p95 under 50 ms), `GET /api/runs` (50 runs a page, with spec, details and latest values)
-and the runs page (50 a page, rendered), filtered, searched and sorted:
+and the runs page (50 a page, rendered), filtered, searched and sorted (the deepest offsets scale with the
+fixture):
 
 {chr(10).join(rows)}
 
-A list never reads the metrics table: its columns come from the runs' latest-value summary (`runs.latest_metrics`,
-updated with each batch of points). Sorting by name, status, method, train or eval loss walks an index (migration
-0005 adds those on name and the losses; 0007 makes each loss index (loss, status, method, name), so a filtered
-loss sort is answered by it alone); the page's 50 ids are found first, from the indexes alone, and only those rows
-are read (a sort of whole rows, JSON included, took 370 ms for page 100 sorted by name; reading each filtered row
-for its loss took 16-21 ms for status=succeeded sorted by train loss, 0.8 ms from the covering index). A name
-search scans the name index, not the table. The count for the pager is an index-only count.
+A list never reads the metrics table: its columns come from the runs' latest-value summary. Sorting by name,
+status, method, train or eval loss walks an index (0005; 0007 makes each loss index cover the filters); the page's
+50 ids are found from the indexes alone, then only those rows are read.
 
-**Comparison of the 50 runs** (2 M points):
+**Comparison of the {len(seeded.compared_ids)} runs** ({seeded.metric_rows / 1e6:.0f} M points):
 
-| what | figure | target |
-| --- | --- | --- |
-| `GET /api/compare`, median of {len(warm)} | {warm_cell} | < 300 ms |
-| same, first call after the server started (reads all 2 M points) | {number(results["compare_cold"], "ms")} | |
-| comparison page in headless chromium, navigation → every chart drawn, median of {len(page)} | {page_cell} | < 1 s |
+{chr(10).join(compare_rows)}
 
-The first comparison reads every point of the 50 runs (then the runs' downsampled series and statistics are
-cached in the web process; a finished run never changes). It used to take 15–34 s: migration 0005 drops the
-metrics table's surrogate id, so on SQLite the table is clustered on (run_id, key, step) and a series is one
-range of it, values included; `compare.load_raw` reads (step, value) pairs per key with the driver's cursor, and
-pauses Python's cyclic garbage collector while it builds the 2 M row tuples (which alone took it from 4.4 s to
-1.3 s).
-
-**A running run's page** receiving new points (target: visible within 1 s): {len(live)} points logged one at a time,
-at random moments, through the worker's `DatabaseReporter` (flush every {results["flush"]:g} s); chromium has the
-run's page open, which polls `GET /api/runs/{{id}}/metrics?after_step=…` every 0.5 s while the run is live:
-log call → drawn, median **{number(median(live), "ms")}**, p95 {number(percentile(live, 95), "ms")}, max
-**{number(max(live), "ms")}**. (The reporter flushed every second and the page polled every 1.5 s before: up to
-2.5 s.)"""
+A cold comparison used to read every point (1.5 s for 50 runs, 2 M points; 200 runs × 10,000 steps × 4 metrics
+took 4.0 s only to fetch the 8 M rows on SQLite, and SQL-side aggregates over them 2.8 s). Now each finished run's
+series are rolled up once when it ends (migration 0010, `tunedeck_state.rollups`): the summary statistics and the
+first min and max of every bucket at the finest width a default chart can ask for (25 steps for a 10,000-step run,
+at most 800 points), with their true steps. A comparison reads those 800 rows in one query and re-buckets them
+at the chart's width with numpy (`downsample.minmax_arrays`), which gives exactly what bucketing every point
+does (tests/test_compare_views.py). Live runs, runs finished before migration 0010, `x=tokens` and curves finer
+than the rollup (`max_points` above 1,000) still read their points.
+"""
 
 
 def main(argv: list[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--compared", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--compared", type=int, default=200)
+    parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=30, help="calls of each list request")
     parser.add_argument("--repeat", type=int, default=20, help="calls of the comparison API")
@@ -222,23 +242,47 @@ def main(argv: list[str] | None = None) -> list[Figure]:
     from bench.report import ROOT
 
     sys.path.insert(0, str(ROOT))
+    from contextlib import ExitStack
+
     from bench.compare_api import time_api, time_page
     from bench.fixture import seed
+    from bench.report import scratch_postgres
     from harness.stack import Stack, stack_env
 
+    every: dict[str, dict[str, Any]] = {}
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if backend not in BACKENDS:
+            raise SystemExit(f"unknown backend {backend!r}: sqlite or postgres")
+        with ExitStack() as scratch:
+            url = scratch.enter_context(scratch_postgres()) if backend == "postgres" else None
+            every[backend] = measure(args, url, seed, time_api, time_page, Stack, stack_env)
+    if args.write:
+        write_section("dashboard", markdown(every, args))
+    return [f for backend, results in every.items() for f in figures(results, args, BACKENDS[backend])]
+
+
+def measure(
+    args: argparse.Namespace,
+    database_url: str | None,
+    seed: Any,
+    time_api: Any,
+    time_page: Any,
+    Stack: Any,
+    stack_env: Any,
+) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="tunedeck-bench-dashboard-"))
     results: dict[str, Any] = {}
     stack = None
     try:
-        use_database(data_dir)
+        use_database(data_dir, database_url)
         seeded = seed(args.runs, args.compared, args.steps)
         results["seeded"] = seeded
         print(
-            f"seeded {seeded.runs:,} runs ({seeded.runs_seconds:.1f} s) and {seeded.metric_rows:,} metric rows "
-            f"({seeded.metrics_seconds:.1f} s)",
+            f"seeded {seeded.runs:,} runs ({seeded.runs_seconds:.1f} s), {seeded.metric_rows:,} metric rows "
+            f"({seeded.metrics_seconds:.1f} s), rollups ({seeded.rollups_seconds:.1f} s)",
             flush=True,
         )
-        env = stack_env(data_dir)
+        env = stack_env(data_dir, database_url)
         env.pop("TUNEDECK_METRIC_FLUSH_SECONDS", None)  # the default, as deployed
         stack = Stack(data_dir=data_dir, env=env)
         stack.start_server()
@@ -246,6 +290,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
         query = "run_ids=" + ",".join(map(str, seeded.compared_ids))
         cold, warm, size, _ = time_api(stack.base_url, query, args.repeat)
         results["compare_cold"], results["compare_warm"] = cold * 1000, [w * 1000 for w in warm]
+        results["compare_mib"] = size / 2**20
         print(
             f"GET /api/compare ({size / 2**20:.1f} MiB): cold {cold * 1000:.0f} ms, median of {args.repeat} "
             f"{median(results['compare_warm']):.0f} ms",
@@ -255,7 +300,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
         results["page"] = [t * 1000 for t in in_page]
         print(f"comparison page, every chart drawn: median {median(results['page']):.0f} ms", flush=True)
 
-        results["lists"] = lists = time_lists(stack.base_url, args.requests)
+        results["lists"] = lists = time_lists(stack.base_url, args.requests, args.runs)
         for label, times in lists.items():
             print(f"  {label}: median {median(times):.1f} ms, p95 {percentile(times, 95):.1f} ms", flush=True)
 
@@ -269,9 +314,7 @@ def main(argv: list[str] | None = None) -> list[Figure]:
 
         get_engine().dispose()
         shutil.rmtree(data_dir, ignore_errors=True)
-    if args.write:
-        write_section("dashboard", markdown(results, args))
-    return figures(results)
+    return results
 
 
 if __name__ == "__main__":

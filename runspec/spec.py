@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import unquote
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -27,6 +27,9 @@ AttnImplementation = Literal["auto", "sdpa", "eager", "flash_attention_2"]
 
 
 class DatasetSpec(StrictModel):
+    #: What the new-run form shows first; every other field goes in its "dataset details" section.
+    main_fields: ClassVar[tuple[str, ...]] = ("source",)
+
     source: str = Field(
         DEFAULT_DATASET,
         min_length=1,
@@ -80,6 +83,9 @@ class DatasetSpec(StrictModel):
 
 
 class TrainingSpec(StrictModel):
+    #: What the new-run form shows first; every other field (a new one too) goes in "training details".
+    main_fields: ClassVar[tuple[str, ...]] = ("max_steps", "learning_rate", "batch_size", "max_length")
+
     max_steps: int = Field(200, ge=1, le=10_000_000, description="Optimizer steps to train.")
     learning_rate: float = Field(2e-4, gt=0, le=10, description="Peak learning rate; must be > 0.")
     batch_size: int = Field(4, ge=1, le=4096, description="Samples per device per forward pass.")
@@ -206,7 +212,8 @@ class TrainingSpec(StrictModel):
 
 
 class PlacementSpec(StrictModel):
-    """Where and when a run trains (not what it is: left out of the spec hash, so it never makes a run different)."""
+    """Where and when a run trains, and what it keeps on disk (not what it is: left out of the spec hash, so it never
+    makes a run different)."""
 
     worker: str | None = Field(
         None,
@@ -225,6 +232,14 @@ class PlacementSpec(StrictModel):
         le=9,
         description="0 to 9: among queued runs a higher priority starts first (Redis broker; the embedded "
         "single-machine broker keeps submission order).",
+    )
+    keep_checkpoints: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Checkpoints kept on disk: the newest N while training (a failed or cancelled run resumes from "
+        "the newest); 0 keeps one while training and removes it when the run succeeds (the final adapter or model "
+        "stays). Empty: the server's default (TUNEDECK_KEEP_CHECKPOINTS).",
     )
 
     @field_validator("worker", "gpu_type", mode="before")

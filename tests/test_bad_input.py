@@ -39,6 +39,8 @@ class Case:
     field: str | None = None
     #: text the answer must contain
     says: str | None = None
+    #: text the answer must not contain (a secret it was sent)
+    never_says: str | None = None
     marks: tuple[Any, ...] = ()
     #: answered by a service worker (the model's modules are known only to the ML stack): not held to the
     #: one-second bound, which is for what the web process decides itself
@@ -102,6 +104,20 @@ def _good_form(ctx: dict[str, Any]) -> dict[str, str]:
         "method.name": "lora",
         "training.max_steps": "1",
     }
+
+
+def _deep(levels: int, key: str = "a") -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {key: value}
+    return value
+
+
+def _deep_text(levels: int) -> str:
+    return '{"a":' * levels + "1" + "}" * levels
+
+
+LONG_HUB_TOKEN = "hf_" + "s3cr3t" * 100
 
 
 def _many_parts(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -235,6 +251,48 @@ CASES: list[Case] = [
         field="dataset.source",
         says="outside the data roots",
     ),
+    # a name that is both a value and a group of fields (issue 16: a TypeError, 500)
+    form_case("form-name-and-name-dot-x", lambda ctx: {"data": {**_good_form(ctx), "name.x": "b"}}, field="name"),
+    form_case(
+        "form-training-and-training-dot-field",
+        lambda ctx: {"data": {**_good_form(ctx), "training": "x"}},
+        field="training",
+        says="not both",
+    ),
+    form_case("form-method-as-a-value", lambda ctx: {"data": {**_good_form(ctx), "method": "lora"}}, field="method"),
+    form_case("form-dataset-as-a-value", lambda ctx: {"data": {"dataset": "x", "name": "x"}}, field="dataset"),
+    # nesting that exhausted the stack (issue 16: RecursionError, 500)
+    Case(
+        "sweep-form-base-deeply-nested-list",
+        lambda ctx: ("POST", "/sweeps", {"data": {"name": "deep", "base": "[" * 100_000}}),
+        field="base",
+        says="nested too deeply",
+    ),
+    Case(
+        "sweep-form-base-deeply-nested-object",
+        lambda ctx: ("POST", "/sweeps", {"data": {"name": "deep", "base": _deep_text(900)}}),
+        field="base",
+        says="nested too deeply",
+    ),
+    Case(
+        "sweep-api-base-deeply-nested",
+        lambda ctx: ("POST", "/api/sweeps/preview", {"json": {"name": "deep", "base": _deep(900)}}),
+        field="base",
+        says="nested too deeply",
+    ),
+    Case(
+        "estimate-api-training-deeply-nested",
+        lambda ctx: ("POST", "/api/estimate", {"json": {**ctx["spec"], "training": _deep(900)}}),
+        field="training.a",
+    ),
+    spec_case("dataset-columns-deeply-nested", "dataset.columns", _deep(900), field="dataset.columns.a"),
+    # a secret over its length limit is named, never echoed (issue 16)
+    Case(
+        "push-token-over-the-limit",
+        lambda ctx: ("POST", "/api/runs/1/push", {"json": {"repo_id": "me/model", "token": LONG_HUB_TOKEN}}),
+        field="token",
+        never_says="s3cr3t",
+    ),
     form_case("form-10000-multipart-parts", _many_parts, status=400, says="Too many fields"),
     form_case("form-10000-urlencoded-fields", _many_fields, status=400, says="Too many fields"),
     form_case("form-upload-far-over-the-limit", _huge_upload, status=413),
@@ -365,6 +423,8 @@ def test_bad_input_is_refused_with_the_field_named(sqlite_stack: Stack, ctx: dic
         assert _names_field(answer, case.field), f"{case.id}: {case.field!r} not named in {answer.text[:800]}"
     if case.says is not None:
         assert case.says in answer.text, f"{case.id}: {case.says!r} not in {answer.text[:800]}"
+    if case.never_says is not None:
+        assert case.never_says not in answer.text, f"{case.id}: {case.never_says!r} echoed in {answer.text[:800]}"
     assert "Traceback" not in answer.text
     assert total == before, f"{case.id}: a run was stored"
 
@@ -380,6 +440,25 @@ def test_validation_errors_carry_dotted_fields(sqlite_stack: Stack, ctx: dict[st
     fields = {error["field"] for error in body["detail"]}
     assert {"training.learnig_rate", "method.r"} <= fields
     assert "training.learnig_rate" in body["message"] and "method.r" in body["message"]
+
+
+def test_the_form_estimate_says_what_is_wrong(sqlite_stack: Stack, ctx: dict[str, Any]) -> None:
+    """The new-run form's estimate block (always 200, so htmx swaps it in) names the field and the fix; before
+    issue 16, a value-and-group name was a 500 and `memory_gib=inf` answered "no such id" (an OverflowError)."""
+    good = _good_form(ctx)
+    cases = [
+        ({**good, "name.x": "b"}, "name: sent both as a value"),
+        ({**good, "training": "x"}, "training: sent both as a value"),
+        ({**good, "_estimate.memory_gib": "inf"}, "device memory: give a positive number of GiB"),
+        ({**good, "_estimate.memory_gib": "1e400"}, "device memory: give a positive number of GiB"),
+        ({**good, "_estimate.memory_gib": "nan"}, "device memory: give a positive number of GiB"),
+    ]
+    with sqlite_stack.client() as client:
+        for body, says in cases:
+            answer = client.post("/runs/new/estimate", data=body)
+            assert answer.status_code == 200, (body, answer.status_code, answer.text[:500])
+            assert "No estimate" in answer.text and says in answer.text, (body, answer.text[:800])
+            assert "no such id" not in answer.text
 
 
 # -- what only a worker can know: a failed run with a readable reason ---------------------------------------

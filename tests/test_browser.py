@@ -133,6 +133,76 @@ def test_new_run_form_in_the_browser(
         client.post(f"/api/runs/{run_id}/cancel")
 
 
+SECTIONS = "#run-form details.form-section"
+
+
+def _open_sections(page: Any) -> set[str]:
+    return set(page.eval_on_selector_all(f"{SECTIONS}[open]", "els => els.map(e => e.dataset.section)"))
+
+
+def test_new_run_form_essentials_first_sections_collapsed(
+    sqlite_stack: Stack, tiny_assets: Any, finished_run: dict[str, Any], long_run: dict[str, Any], page: Any
+) -> None:
+    page.goto(f"{sqlite_stack.base_url}/runs/new")
+    essentials = ["name", "model", "dataset.source", "method.name", "method.r", "method.lora_alpha"]
+    essentials += ["training.max_steps", "training.learning_rate", "training.batch_size", "training.max_length"]
+    for name in essentials:
+        assert page.locator(f'[name="{name}"]').is_visible(), f"{name} is not visible"
+    assert _open_sections(page) == set()
+    keys = page.eval_on_selector_all(SECTIONS, "els => els.map(e => e.dataset.section)")
+    assert keys == ["method", "dataset", "training", "placement"]
+    for hidden in ("training.warmup_steps", "method.lora_dropout", "dataset.columns", "placement.priority"):
+        assert not page.locator(f'[name="{hidden}"]').is_visible(), f"{hidden} shows in a closed section"
+
+    # Open and close a section by hand.
+    training = page.locator(f'{SECTIONS}[data-section="training"]')
+    training.locator("summary").click()
+    page.locator('[name="training.warmup_steps"]').wait_for(state="visible")
+    training.locator("summary").click()
+    page.locator('[name="training.warmup_steps"]').wait_for(state="hidden")
+
+    # A bad value in a section closed again: the answer opens that section (only it) with the error beside the field.
+    page.fill('input[name="name"]', "browser-sections")
+    page.fill('input[name="model"]', str(tiny_assets.model_dir))
+    page.fill('input[name="dataset.source"]', str(tiny_assets.dataset_path))
+    page.fill('input[name="training.max_steps"]', "5")
+    dataset = page.locator(f'{SECTIONS}[data-section="dataset"]')
+    dataset.locator("summary").click()
+    page.fill('input[name="dataset.columns"]', "no-equals-sign")
+    dataset.locator("summary").click()
+    assert _open_sections(page) == set()
+    page.locator('#run-form button[type="submit"]').click()
+    page.locator("#run-form .form-errors").wait_for()
+    assert _open_sections(page) == {"dataset"}
+    error = page.locator('label.has-error:has(input[name="dataset.columns"]) .error')
+    assert error.is_visible() and error.inner_text()
+    assert page.input_value('input[name="training.max_steps"]') == "5"
+
+    # Fixed, it launches.
+    page.fill('input[name="dataset.columns"]', "")
+    page.locator('#run-form button[type="submit"]').click()
+    page.wait_for_url(re.compile(r"/runs/\d+$"))
+    run_id = int(page.url.rsplit("/", 1)[1])
+    with sqlite_stack.client() as client:  # queued behind the long run: cancelled before it trains
+        run = client.get(f"/api/runs/{run_id}").json()
+        assert (run["name"], run["spec"]["training"]["max_steps"]) == ("browser-sections", 5)
+        client.post(f"/api/runs/{run_id}/cancel")
+
+    # A course preset, and "start from run #N".
+    page.goto(f"{sqlite_stack.base_url}/runs/new")
+    page.get_by_role("link", name="P-Tuning v2").click()
+    page.wait_for_url(re.compile(r"preset=p-tuning-v2"))
+    assert page.input_value('select[name="method.name"]') == "p_tuning_v2"
+    assert float(page.input_value('input[name="training.learning_rate"]')) == 1e-2
+    page.fill('input[name="clone"]', str(finished_run["id"]))
+    page.get_by_role("button", name="Start from run").click()
+    page.wait_for_url(re.compile(rf"clone={finished_run['id']}"))
+    assert page.input_value('input[name="name"]') == f"{finished_run['name']}-copy"
+    assert page.input_value('input[name="training.max_steps"]') == str(FINISHED_STEPS)
+    # Its changed settings (max_samples; eval_steps, eval_generation_samples) open those sections, nothing else.
+    assert _open_sections(page) == {"dataset", "training"}
+
+
 def test_running_run_curve_grows_without_reload(sqlite_stack: Stack, long_run: dict[str, Any], page: Any) -> None:
     run_id = long_run["id"]
     page.goto(f"{sqlite_stack.base_url}/runs/{run_id}")
@@ -150,8 +220,11 @@ def test_running_run_curve_grows_without_reload(sqlite_stack: Stack, long_run: d
     assert chart.evaluate(PAINTED_PIXELS)["painted"] > 1000
 
     # Cancel from the page: htmx swaps the live block, which keeps polling until the run has stopped.
+    dialogs: list[str] = []
+    page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))  # hx-confirm asks first
     page.locator("#run-live button", has_text="Cancel").click()
     page.locator('#run-live[data-status="cancelled"]').wait_for(timeout=120_000)
     assert page.locator("#run-live .badge").inner_text() == "cancelled"
+    assert dialogs and "Cancel run" in dialogs[0], dialogs
     assert page.locator("#run-live button", has_text="Cancel").count() == 0
     assert page.evaluate("window.__sameDocument") is True

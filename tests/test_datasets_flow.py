@@ -120,6 +120,24 @@ def test_upload_round_trip_preview_and_pages(sqlite_stack: Stack, tiny_assets: A
         assert str(stored) in prefilled.text
 
 
+def test_text_datasets_preview_as_text(sqlite_stack: Stack, tiny_assets: Any) -> None:
+    """Issue 16: the preview replaced the stored format with None, so a text dataset was previewed as alpaca."""
+    rows = [{"text": f"the {w} is here and the {w} is there"} for w in ("cat", "dog", "bird")]
+    with _client(sqlite_stack) as client:
+        answer = _upload(client, "plain.jsonl", _jsonl(rows), format="text", name="plain text")
+        assert answer.status_code == 201, answer.text
+        dataset_id = answer.json()["id"]
+        model = str(tiny_assets.model_dir)
+        preview = client.get(f"/api/datasets/{dataset_id}/preview", params={"model": model, "max_length": 64})
+        fragment = client.get(f"/datasets/{dataset_id}/preview", params={"model": model, "max_length": 64})
+    assert preview.status_code == 200, preview.text
+    samples = preview.json()["samples"]
+    assert len(samples) == len(rows)
+    assert "the cat is here" in "".join(segment["text"] for segment in samples[0]["segments"])
+    assert fragment.status_code == 200, fragment.text
+    assert "the cat is here" in fragment.text
+
+
 def test_bad_uploads_are_refused_with_reasons(sqlite_stack: Stack) -> None:
     before = _uploads(sqlite_stack)
     with _client(sqlite_stack) as client:

@@ -226,3 +226,69 @@ def test_push_to_the_hub_uses_the_token_once_and_stores_it_nowhere(
     for path in hub_server.data_dir.rglob("*"):
         if path.is_file() and path.stat().st_size < 200 * 2**20:
             assert HUB_TOKEN.encode() not in path.read_bytes(), f"the token was written to {path}"
+
+
+@pytest.fixture(scope="module")
+def unreachable_hub_server(sqlite_stack: Stack) -> Iterator[Stack]:
+    """A server on the same data whose hub endpoint is a port nobody listens on (the hub is unreachable)."""
+    from harness.stack import free_port
+
+    env = {k: v for k, v in sqlite_stack.env.items() if k != "HF_HUB_OFFLINE"}
+    side = Stack(
+        data_dir=sqlite_stack.data_dir, env={**env, "TUNEDECK_HUB_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    )
+    try:
+        side.start_server()
+        yield side
+    finally:
+        side.stop()
+
+
+def test_push_while_the_hub_is_unreachable_is_a_502_with_the_reason(
+    unreachable_hub_server: Stack, trained: dict[str, dict[str, Any]]
+) -> None:
+    """Issue 16: an unreachable hub raised httpx.ConnectError through the route (a 500)."""
+    run = trained["lora"]
+    with _client(unreachable_hub_server) as client:
+        api = client.post(f"/api/runs/{run['id']}/push", json={"repo_id": "me/tiny-lora", "token": HUB_TOKEN})
+        page = client.post(f"/runs/{run['id']}/push", data={"repo_id": "me/tiny-lora", "token": HUB_TOKEN})
+    assert api.status_code == 502, api.text
+    assert "could not reach the hub" in api.json()["detail"] and "push again" in api.json()["detail"]
+    assert HUB_TOKEN not in api.text
+    assert page.status_code == 422 and "could not reach the hub" in page.text  # the panel shows it (htmx swaps 4xx)
+
+
+#: What an <img src=".../export/model"> on another site's page sends (no-token mode has nothing else to stop it).
+IMG_FROM_ANOTHER_SITE = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+
+
+def test_exports_are_built_once_and_never_for_another_site(
+    sqlite_stack: Stack, trained: dict[str, dict[str, Any]]
+) -> None:
+    """Issue 16: six cross-site GETs of an export built six temporary zips at once. Now a cross-site request is
+    refused before anything is built, and simultaneous downloads share one archive, built once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = trained["full"]
+    base = sqlite_stack.data_dir / "runs" / f"run-{run['id']}"
+    cache = base / ".exports"
+
+    def archives() -> list[Path]:
+        return sorted([*cache.glob("*"), *base.glob(".export-*")]) if base.exists() else []
+
+    for leftover in archives():
+        leftover.unlink()
+    url = f"/api/runs/{run['id']}/export/model"
+    with _client(sqlite_stack) as client:
+        for headers in (IMG_FROM_ANOTHER_SITE, {"Origin": "http://evil.example"}, {"Referer": "http://evil.example/"}):
+            refused = client.get(url, headers=headers)
+            assert refused.status_code == 403 and "cross-site" in refused.json()["detail"], refused.text
+        assert archives() == [], "a refused request built an archive"
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: client.get(url, headers={"Sec-Fetch-Site": "same-origin"}), range(6)))
+    assert [a.status_code for a in answers] == [200] * 6
+    assert len({a.content for a in answers}) == 1, "the six downloads differ"
+    built = archives()
+    assert len(built) == 1 and built[0].suffix == ".zip", built  # one archive, no partial or temporary ones
+    assert "config.json" in zipfile.ZipFile(io.BytesIO(answers[0].content)).namelist()

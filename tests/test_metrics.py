@@ -28,7 +28,7 @@ def test_metrics_parse_and_count_runs_and_workers(sqlite_stack: Stack) -> None:
     assert by_queues == {"tunedeck.service": 1, "tunedeck.training": 1}
 
     states = {s.labels["state"]: s.value for s in families["tunedeck_runs"].samples}
-    assert set(states) == {"queued", "running", "succeeded", "failed", "cancelled"}
+    assert set(states) == {"queued", "running", "succeeded", "failed", "cancelled", "pruned"}
     with sqlite_stack.client() as client:
         total = client.get("/api/runs", params={"limit": 1}).json()["total"]
     assert sum(states.values()) == total

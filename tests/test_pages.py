@@ -307,6 +307,7 @@ def test_active_run_polls_and_shows_progress(sqlite_stack: Stack, running_run: d
     assert "ETA" in live.find(class_="summary-status").get_text()
     cancel = live.find(attrs={"hx-post": f"/runs/{run_id}/cancel"})
     assert cancel is not None and cancel.get_text(strip=True) == "Cancel" and not cancel.has_attr("disabled")
+    assert cancel["hx-confirm"].startswith(f"Cancel run {run_id}?"), "a cancel asks for confirmation first"
     shown = facts(live)
     assert shown["Trainable params"] != "–", "parameter counts are known once the model is built"
     assert shown["Total params"] != "–"

@@ -24,6 +24,7 @@ from app.web.security import (
     SESSION_COOKIE,
     bind_refusal,
     cross_site_problem,
+    cross_site_read_problem,
     is_loopback,
     safe_next,
 )
@@ -250,6 +251,49 @@ def test_a_cookie_signed_for_another_token_is_refused(secured_stack: Stack) -> N
         assert client.get("/api/runs").status_code == 401
 
 
+def test_logout_ends_that_session_on_the_server(secured_stack: Stack) -> None:
+    """Issue 16: logout only cleared the browser's cookie; a copy of it kept working for 12 h. Now logout revokes
+    that session's id on the server (also for a second server process on the same data), and other sessions go on."""
+    with _anonymous(secured_stack) as first, _anonymous(secured_stack) as second:
+        assert _login(secured_stack, first).status_code == 303
+        assert _login(secured_stack, second).status_code == 303
+        copied = first.cookies[SESSION_COOKIE]
+        assert first.get("/api/runs").status_code == 200 and second.get("/api/runs").status_code == 200
+        assert first.post("/logout").status_code == 303
+        with _anonymous(secured_stack) as thief:
+            thief.cookies.set(SESSION_COOKIE, copied)
+            assert thief.get("/api/runs").status_code == 401, "the logged-out cookie still works"
+            assert thief.get("/").status_code == 303
+        assert second.get("/api/runs").status_code == 200, "logout ended another session too"
+        other_server = Stack(data_dir=secured_stack.data_dir, env=secured_stack.env)
+        try:
+            other_server.start_server()
+            with _anonymous(other_server) as thief:
+                thief.cookies.set(SESSION_COOKIE, copied)
+                assert thief.get("/api/runs").status_code == 401, "revoked on one server, live on another"
+            with _anonymous(other_server) as still:
+                still.cookies.set(SESSION_COOKIE, second.cookies[SESSION_COOKIE])
+                assert still.get("/api/runs").status_code == 200
+        finally:
+            other_server.stop()
+
+
+def test_a_new_token_ends_every_session(secured_stack: Stack) -> None:
+    """The cookies' key is derived from the token: a server started with a new token accepts no earlier login."""
+    with _anonymous(secured_stack) as client:
+        assert _login(secured_stack, client).status_code == 303
+        cookie = client.cookies[SESSION_COOKIE]
+    env = {**secured_stack.env, "TUNEDECK_API_TOKEN": "a-brand-new-token-0123456789"}
+    renewed = Stack(data_dir=secured_stack.data_dir, env=env)
+    try:
+        renewed.start_server()
+        with _anonymous(renewed) as client:
+            client.cookies.set(SESSION_COOKIE, cookie)
+            assert client.get("/api/runs").status_code == 401
+    finally:
+        renewed.stop()
+
+
 def test_logged_in_form_posts_from_other_sites_are_refused(secured_stack: Stack) -> None:
     with _anonymous(secured_stack) as client:
         _login(secured_stack, client)
@@ -344,6 +388,31 @@ def test_cross_site_posts_cannot_launch_runs_on_localhost(sqlite_stack: Stack, t
         assert _total(client) == before
         own = client.post("/api/runs", json={**spec, "name": ""}, headers={"Origin": sqlite_stack.base_url})
         assert own.status_code == 422, "a same-origin post is not refused as cross-site"
+
+
+def test_costly_reads_are_refused_cross_site_and_pages_cannot_be_framed(sqlite_stack: Stack) -> None:
+    """Issue 16: in no-token mode any page could make the browser GET exports, previews and comparisons (an <img>
+    tag); now the API refuses every cross-site read, a page opens only as a followed link, and no page can be
+    framed (clickjacking a Cancel button)."""
+    image = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    frame = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"}
+    with sqlite_stack.client() as client:
+        for url in ("/api/runs", "/api/runs/1/export/adapter", "/api/datasets/1/preview?model=x", "/metrics"):
+            for headers in (image, link, {"Origin": EVIL}, {"Referer": f"{EVIL}/page"}):
+                answer = client.get(url, headers=headers)
+                assert answer.status_code == 403 and "cross-site" in answer.text, (url, headers, answer.text)
+        for url in ("/runs/new", "/datasets/1/preview?model=x", "/runs/table"):
+            assert client.get(url, headers=image).status_code == 403, url
+            assert client.get(url, headers=frame).status_code == 403, url
+            assert client.get(url, headers={"Origin": EVIL}).status_code == 403, url
+        assert client.get("/runs/new", headers=link).status_code == 200, "a link from another site opens the page"
+        assert client.get("/api/runs", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+        assert client.get("/api/runs", headers={"Origin": sqlite_stack.base_url}).status_code == 200
+        assert client.get("/api/runs").status_code == 200, "scripts send no browser headers and are not affected"
+        page = client.get("/")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
 
 
 # -- custom code -----------------------------------------------------------------------------------------
@@ -567,6 +636,18 @@ def test_cross_site_rules() -> None:
     assert (
         cross_site_problem(Headers({"host": "tunedeck.example", "origin": "https://tunedeck.example"}), "http") is None
     )
+
+    def read_problem(path: str, **headers: str) -> str | None:
+        return cross_site_read_problem(path, Headers({"host": "127.0.0.1:8000", **headers}), "http")
+
+    cross = {"sec-fetch-site": "cross-site"}
+    assert read_problem("/api/runs/1/export/model", **cross, **{"sec-fetch-mode": "no-cors"})
+    assert read_problem("/api/runs", **cross, **{"sec-fetch-mode": "navigate", "sec-fetch-dest": "document"})
+    assert read_problem("/runs/1", **cross, **{"sec-fetch-mode": "navigate", "sec-fetch-dest": "document"}) is None
+    assert read_problem("/runs/1", **cross, **{"sec-fetch-mode": "navigate", "sec-fetch-dest": "iframe"})
+    assert read_problem("/runs/1", referer="http://evil.example/") is None  # a followed link (older browsers)
+    assert read_problem("/api/runs", referer="http://evil.example/")
+    assert read_problem("/api/runs") is None and read_problem("/runs/1") is None
 
 
 # -- a real browser: login, then an htmx post passes the cross-site check -----------------------------------

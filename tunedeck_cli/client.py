@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-FINAL_STATES = {"succeeded", "failed", "cancelled", "finished with failures"}
+FINAL_STATES = {"succeeded", "failed", "cancelled", "pruned", "finished with failures"}
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 

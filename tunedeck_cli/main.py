@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -51,6 +51,12 @@ def serve(
     upgrade_database()
     if demo:
         from app.services.demo import launch_demo_runs
+
+        # The new-run form starts from the demo's model and data (the web process reads it from its settings).
+        os.environ["TUNEDECK_DEMO"] = "1"
+        get_settings.cache_clear()
+        settings = get_settings()
+        _ensure_demo_prepared(settings)
 
         launched = launch_demo_runs(settings)
         if launched:
@@ -215,11 +221,25 @@ def wait(
 
 @demo_cli.command("prepare")
 def demo_prepare() -> None:
-    """Build the tiny demo model and dataset under the data directory (once)."""
+    """Build the tiny demo model and dataset under the data directory and pre-train the model on the bundled
+    tasks (a few minutes on two cores; cached by a hash of the model, data and settings: then instant)."""
     from tunedeck_demo.demo_assets import prepare_demo_assets
+    from tunedeck_demo.pretrain import pretrain_demo_model
 
     assets = prepare_demo_assets(get_settings().demo_dir)
-    typer.echo(f"demo model: {assets.model_dir}\ndemo data: {assets.dataset_path}")
+    model_dir = pretrain_demo_model(assets.model_dir, log=typer.echo)
+    typer.echo(f"demo model: {model_dir}\ndemo data: {assets.dataset_path}")
+
+
+def _ensure_demo_prepared(settings: Any) -> None:
+    """`serve --demo` on a data directory without the pre-trained demo model: prepare it first, in a child
+    process (the web process never imports torch)."""
+    from app.services.demo import DEMO_MODEL_DIRNAME
+
+    if (settings.demo_dir / DEMO_MODEL_DIRNAME / ".complete").is_file():
+        return
+    typer.echo("the demo model is not prepared yet: running `tunedeck demo prepare` (a few minutes)")
+    subprocess.run([sys.executable, "-m", "tunedeck_cli.main", "demo", "prepare"], env=os.environ.copy(), check=True)
 
 
 def main() -> None:

@@ -162,10 +162,11 @@ def run_sweep_command(
             console.print(f"[red]sweep not launched:[/red] {getattr(exc, 'message', exc)}")
             return 2
         reused = sum(1 for run in sweep["runs"] if run["reused"])
-        console.print(
-            f"sweep #{sweep['id']} {sweep['name']!r}: {sweep['total']} runs ({reused} reused) · "
-            f"{client.url}{sweep['page_url']}"
-        )
+        if sweep.get("max_runs"):  # random / tpe: trials are asked as runs end
+            launched = f"{sweep['strategy']} search of {sweep['max_runs']} trials, {sweep['total']} queued"
+        else:
+            launched = f"{sweep['total']} runs ({reused} reused)"
+        console.print(f"sweep #{sweep['id']} {sweep['name']!r}: {launched} · {client.url}{sweep['page_url']}")
         if not wait:
             return 0
         try:

@@ -23,6 +23,7 @@ def create_celery(settings: Settings) -> Celery:
             "worker.tasks",
             "worker.inference_tasks",
             "worker.dataset_tasks",
+            "worker.search_tasks",
             "worker.heartbeat",
             "worker.signals",
         ],

@@ -16,11 +16,12 @@ from functools import partial
 from sqlalchemy.orm import Session
 
 from tunedeck_jobs import placement as placement_service
-from tunedeck_jobs.names import MERGE_TASK, TRAIN_TASK, TRAINING_QUEUE
+from tunedeck_jobs.names import MERGE_TASK, SERVICE_QUEUE, SWEEP_NEXT_TASK, TRAIN_TASK, TRAINING_QUEUE
 from tunedeck_state import lifecycle
 from tunedeck_state import runs as run_service
 from tunedeck_state.db import session_scope
 from tunedeck_state.models import Run
+from tunedeck_state.search.trials import AskConflict, launch_trials
 from tunedeck_state.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,36 @@ def send_merge(run_id: int, merge_attempt: int) -> None:
     from tunedeck_jobs.celery_app import celery_app
 
     celery_app.send_task(MERGE_TASK, args=[run_id, merge_attempt], queue=TRAINING_QUEUE)
+
+
+def send_sweep_next(sweep_id: int) -> None:
+    """Ask a service worker to store and queue a search sweep's next trials (a run of it just ended)."""
+    from tunedeck_jobs.celery_app import celery_app
+
+    celery_app.send_task(SWEEP_NEXT_TASK, args=[sweep_id], queue=SERVICE_QUEUE)
+
+
+def continue_sweeps(sweep_ids: Sequence[int | None]) -> None:
+    """After the commit that ended runs of these search sweeps: their next trials are asked for. A broker that
+    cannot be reached leaves the slot free until the next run of the sweep ends (nothing to fail)."""
+    for sweep_id in {s for s in sweep_ids if s is not None}:
+        sent(partial(send_sweep_next, sweep_id), f"next trial of sweep {sweep_id}", log.warning)
+
+
+def launch_next_trials(sweep_id: int, tries: int = 5) -> list[int]:
+    """Store the sweep's next trials as runs, place them, commit, queue them (the sweep_next task's work). Another
+    asker reserving trials at the same moment makes this one roll back and ask again with fresh counts."""
+    for _ in range(tries):
+        with session_scope() as session:
+            try:
+                runs = launch_trials(session, sweep_id)
+            except AskConflict:
+                session.rollback()
+                continue
+            commit_and_enqueue(session, runs)
+            return [run.id for run in runs]
+    log.warning("sweep %s: gave up asking for trials after %s conflicts", sweep_id, tries)
+    return []
 
 
 def commit_and_enqueue(session: Session, runs: Sequence[Run]) -> None:
@@ -109,7 +140,7 @@ def enqueue_attempts(attempts: Sequence[lifecycle.Attempt]) -> None:
 
 
 def resume(session: Session, run_id: int) -> None:
-    """Resume a failed or cancelled run: commit the new attempt, then queue it."""
+    """Resume a failed, cancelled or pruned run: commit the new attempt, then queue it."""
     attempt = lifecycle.resume_run(session, run_id)
     session.commit()
     enqueue_attempts([attempt])

@@ -23,3 +23,5 @@ CHECK_METHOD_TASK = f"{SERVICE_TASK_PREFIX}check_method"
 GENERATE_TASK = f"{SERVICE_TASK_PREFIX}generate"
 INSPECT_DATASET_TASK = f"{SERVICE_TASK_PREFIX}inspect_dataset"
 PREVIEW_DATASET_TASK = f"{SERVICE_TASK_PREFIX}preview_dataset"
+#: Ask a search sweep's study for its next trials when one of its runs ended (tunedeck_state.search.trials).
+SWEEP_NEXT_TASK = f"{SERVICE_TASK_PREFIX}sweep_next"

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 WORKER_LOST = "worker lost"
 AUTO_RETRY_REASON = "retrying automatically"
-RESUMABLE = (RunStatus.failed, RunStatus.cancelled)
+RESUMABLE = (RunStatus.failed, RunStatus.cancelled, RunStatus.pruned)
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ def _requeue_values() -> dict[str, object]:
         "finished_at": None,
         "eta_seconds": None,
         "worker": None,
+        "prune_reason": None,
     }
 
 
@@ -62,7 +63,8 @@ def _fresh(session: Session, run_id: int) -> Run:
 
 
 def resume_run(session: Session, run_id: int) -> Attempt:
-    """Queue a failed or cancelled run again as a new attempt; the worker continues from its last checkpoint."""
+    """Queue a failed, cancelled or pruned run again as a new attempt; the worker continues from its last
+    checkpoint (a run resumed after pruning is not pruned again: search.pruning)."""
     run = _fresh(session, run_id)
     current = run.attempt
     if run.status_enum not in RESUMABLE or not _transition(
@@ -75,7 +77,7 @@ def resume_run(session: Session, run_id: int) -> Attempt:
         values=_requeue_values(),
     ):
         session.refresh(run)
-        raise InvalidTransition(f"run {run_id} is {run.status}; only failed or cancelled runs can be resumed")
+        raise InvalidTransition(f"run {run_id} is {run.status}; only failed, cancelled or pruned runs can be resumed")
     session.refresh(run)
     return Attempt(run_id, run.attempt)
 

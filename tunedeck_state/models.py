@@ -14,9 +14,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     PrimaryKeyConstraint,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -35,10 +37,12 @@ class RunStatus(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    #: Stopped early by its sweep's pruner (Run.prune_reason says why); it keeps its checkpoint and can be resumed.
+    pruned = "pruned"
 
     @property
     def is_final(self) -> bool:
-        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
+        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled, RunStatus.pruned)
 
 
 #: The run lists' loss sorts read a page's ids from these alone (the filters' columns ride along), never from the
@@ -52,7 +56,7 @@ RUN_LOSS_SORT_INDEXES = {
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = tuple(
-        Index(name, column, "status", "method", "name") for column, name in RUN_LOSS_SORT_INDEXES.items()
+        Index(name, column, "status", "method", "name", "archived") for column, name in RUN_LOSS_SORT_INDEXES.items()
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -98,6 +102,15 @@ class Run(Base):
     priority: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
     #: Why a queued run is not running yet ("needs 31 GiB, largest GPU has 24 GiB"); cleared when claimed.
     wait_reason: Mapped[str | None] = mapped_column(Text)
+    #: Why its sweep's pruner stopped it ("eval loss 2.31 at step 40 is above the median 1.97 of 5 runs at step 40").
+    prune_reason: Mapped[str | None] = mapped_column(Text)
+    #: Short labels (tunedeck_state/labels.py), notes (free text, rendered escaped), and archived: hidden from the
+    #: default list and from comparisons of a sweep or a tag, kept and restorable (migration 0008).
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    notes: Mapped[str | None] = mapped_column(Text)
+    archived: Mapped[bool] = mapped_column(default=False, server_default=false(), index=True)
+    #: Bytes of the run's folder (checkpoints, final artifact, merged model, exports), written when they change.
+    disk_bytes: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
     events: Mapped[list[RunEvent]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="RunEvent.id"
@@ -133,6 +146,32 @@ class Metric(Base):
     key: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer)
     value: Mapped[float] = mapped_column(Float)
+
+
+class MetricRollup(Base):
+    """A finished attempt's series of one metric, rolled up once (tunedeck_state.rollups, written by finish_run):
+    its summary statistics and its min/max points at the finest bucket width a comparison's chart can ask for, so
+    a comparison reads a few hundred points per series instead of every logged one. Valid while the run is final
+    and still at `attempt`; otherwise the series is read from the metrics table."""
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = (PrimaryKeyConstraint("run_id", "key", name="pk_metric_rollups"),)
+
+    run_id: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    #: bucket width of `steps`/`values`; 0: every point is kept
+    width: Mapped[float] = mapped_column(Float)
+    count: Mapped[int] = mapped_column(Integer)
+    first_x: Mapped[float] = mapped_column(Float)
+    last_x: Mapped[float] = mapped_column(Float)
+    minimum: Mapped[float] = mapped_column(Float)
+    maximum: Mapped[float] = mapped_column(Float)
+    mean: Mapped[float] = mapped_column(Float)
+    last: Mapped[float] = mapped_column(Float)
+    #: little-endian float64 arrays: the kept points' true steps (xs) and values (ys), in step order
+    xs: Mapped[bytes] = mapped_column(LargeBinary)
+    ys: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class RunLog(Base):
@@ -173,6 +212,13 @@ class Sweep(Base):
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     #: Dotted spec paths the sweep varies (grid keys and override keys), in the order given.
     varied: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: grid (the runs are expanded at once), random or tpe (trials asked of Optuna as runs end: tunedeck_state.search).
+    strategy: Mapped[str] = mapped_column(String(16), default="grid", server_default="grid")
+    #: Trials of a search sweep asked so far (its budget's max_runs caps it; the lock of concurrent askers).
+    trials_asked: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    notes: Mapped[str | None] = mapped_column(Text)
+    archived: Mapped[bool] = mapped_column(default=False, server_default=false(), index=True)
 
     members: Mapped[list[SweepRun]] = relationship(
         back_populates="sweep", cascade="all, delete-orphan", order_by="SweepRun.position"
@@ -189,6 +235,8 @@ class SweepRun(Base):
     position: Mapped[int] = mapped_column(Integer)
     #: True when an identical run already existed and was not trained again.
     reused: Mapped[bool] = mapped_column(default=False)
+    #: A search trial: {"number", "params": the study's parameter values, "system_attrs": the pruner's notes}.
+    trial: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     sweep: Mapped[Sweep] = relationship(back_populates="members")
     run: Mapped[Run] = relationship()

@@ -7,7 +7,7 @@ the database row is the lock.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +15,10 @@ from sqlalchemy import ColumnElement, Connection, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from runspec import RunSpec
+from tunedeck_state.labels import has_tag
 from tunedeck_state.models import RUN_LOSS_SORT_INDEXES, Metric, Run, RunEvent, RunLog, RunStatus, utcnow
+from tunedeck_state.rollups import write_rollups
+from tunedeck_state.search import pruning
 
 LOG_LINE_MAX = 2000
 
@@ -70,6 +73,7 @@ RUN_SORTS: dict[str, Any] = {
     "method": Run.method,
     "train_loss": Run.final_train_loss,
     "eval_loss": Run.final_eval_loss,
+    "disk": Run.disk_bytes,
 }
 SORT_CHOICES = tuple(choice for key in RUN_SORTS for choice in (key, f"-{key}"))
 
@@ -80,13 +84,16 @@ def list_runs(
     status: str | None = None,
     method: str | None = None,
     name: str | None = None,
+    tag: str | None = None,
+    archived: bool | None = False,
     sort: str = "-created",
     limit: int = 50,
     offset: int = 0,
 ) -> RunPage:
-    """One page of runs, filtered (status, method, `name` containing a text, case-insensitive) and sorted (a
-    RUN_SORTS key; runs without a value last, ties newest first). The page's ids come from the indexes first,
-    then only those rows are read: the runs' JSON columns (spec, details) never go through a sort."""
+    """One page of runs, filtered (status, method, `name` containing a text, case-insensitive, a tag, archived or
+    not: None for both) and sorted (a RUN_SORTS key; runs without a value last, ties newest first). The page's ids
+    come from the indexes first, then only those rows are read: the runs' JSON columns (spec, details) never go
+    through a sort."""
     column = RUN_SORTS.get(sort.removeprefix("-"))
     if column is None:
         raise ValueError(f"sort must be one of {', '.join(SORT_CHOICES)}")
@@ -95,6 +102,10 @@ def list_runs(
         conditions.append(Run.status == status)
     if method:
         conditions.append(Run.method == method)
+    if archived is not None:
+        conditions.append(Run.archived == archived)
+    if tag:
+        conditions.append(has_tag(Run.tags, tag))
     counted = list(conditions)
     covering_index = RUN_LOSS_SORT_INDEXES.get(column.key)
     if name:
@@ -206,8 +217,9 @@ class ProgressUpdate:
 def record_progress(session: Session, run_id: int, update_: ProgressUpdate, attempt: int | None = None) -> bool:
     """Write one batch from a training run: metrics, log lines, progress and heartbeat.
 
-    Returns True when the user asked the run to stop, or when `attempt` is no longer the run's running
-    attempt (it was declared lost, or a newer attempt replaced it): then nothing is written."""
+    Returns True when the user asked the run to stop, when its sweep's pruner stops it at this batch's eval loss
+    (search.pruning), or when `attempt` is no longer the run's running attempt (it was declared lost, or a newer
+    attempt replaced it): then nothing is written."""
     run = get_run(session, run_id)
     if attempt is not None and (run.attempt != attempt or run.status_enum is not RunStatus.running):
         return True
@@ -237,6 +249,8 @@ def record_progress(session: Session, run_id: int, update_: ProgressUpdate, atte
         elapsed = (now - _aware(run.started_at)).total_seconds()
         run.eta_seconds = max(0.0, elapsed / done * (run.max_steps - run.step))
     run.heartbeat_at = now
+    if update_.metrics:
+        pruning.check_after_eval(session, run, update_.metrics)
     return bool(run.cancel_requested)
 
 
@@ -321,11 +335,18 @@ class RunOutcome:
 
 
 def finish_run(session: Session, run_id: int, outcome: RunOutcome, attempt: int | None = None) -> bool:
+    """running → the outcome's state, for that attempt only. A run stopped because its sweep's pruner asked
+    (prune_reason set) ends `pruned` with that reason rather than `cancelled`."""
+    prune_reason = session.scalar(select(Run.prune_reason).where(Run.id == run_id))
+    if outcome.status is RunStatus.cancelled and prune_reason:
+        outcome = replace(outcome, status=RunStatus.pruned, reason=f"pruned: {prune_reason}")
     values: dict[str, Any] = {
         "finished_at": utcnow(),
         "error": outcome.error,
         "eta_seconds": 0.0 if outcome.status is RunStatus.succeeded else None,
     }
+    if outcome.status is not RunStatus.pruned:
+        values["prune_reason"] = None  # it trained to its end (or failed) before the pruner's stop arrived
     for field in (
         "trainable_params",
         "total_params",
@@ -337,7 +358,7 @@ def finish_run(session: Session, run_id: int, outcome: RunOutcome, attempt: int 
         value = getattr(outcome, field)
         if value is not None:
             values[field] = value
-    return _transition(
+    finished = _transition(
         session,
         run_id,
         expected=[RunStatus.running],
@@ -346,6 +367,9 @@ def finish_run(session: Session, run_id: int, outcome: RunOutcome, attempt: int 
         values=values,
         attempt=attempt,
     )
+    if finished:  # its series no longer change: roll them up once for comparisons (tunedeck_state.rollups)
+        write_rollups(session, run_id, session.scalar(select(Run.attempt).where(Run.id == run_id)) or 1)
+    return finished
 
 
 def get_metrics(

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     generation_cache_models: int = Field(
         2, ge=1, description="Models a service worker keeps loaded for generation (least recently used evicted)."
     )
+    demo: bool = Field(
+        False,
+        description="Set by `tunedeck serve --demo`: the new-run form starts from the demo model and data "
+        "(once `tunedeck demo prepare` has built them).",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     api_token: str | None = Field(
@@ -163,6 +168,13 @@ class Settings(BaseSettings):
 
     require_services: bool = Field(
         False, description="Tests: fail instead of skipping when Postgres or Redis are unreachable."
+    )
+    keep_checkpoints: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="Checkpoints a run keeps unless its spec says (placement.keep_checkpoints): the newest N; 0 keeps "
+        "one while training and removes it when the run succeeds.",
     )
     test_step_delay_seconds: float = Field(
         0.0, ge=0, description="Tests only: sleep this long after every training step (to act mid-run)."

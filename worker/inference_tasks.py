@@ -12,7 +12,7 @@ from typing import Any
 from runspec.inference import GenerationSettings, Prompt, Variant
 from tunedeck_jobs.celery_app import celery_app
 from tunedeck_jobs.names import GENERATE_TASK, MERGE_TASK
-from tunedeck_state import merges
+from tunedeck_state import disk, merges
 from tunedeck_state import runs as run_service
 from tunedeck_state.db import session_scope
 from tunedeck_state.settings import get_settings
@@ -100,4 +100,5 @@ def merge_task(run_id: int, attempt: int) -> None:
             },
         }
     with session_scope() as session:
-        merges.finish_merge(session, run_id, attempt, **outcome)
+        if merges.finish_merge(session, run_id, attempt, **outcome):
+            disk.record_disk_bytes(session, get_settings(), run_id)

@@ -13,13 +13,14 @@ from runspec import RunSpec
 from tunedeck_jobs import dispatch
 from tunedeck_jobs.celery_app import celery_app
 from tunedeck_jobs.names import CHECK_METHOD_TASK, INSPECT_MODEL_TASK, TRAIN_TASK
-from tunedeck_state import lifecycle
+from tunedeck_state import disk, lifecycle
 from tunedeck_state import runs as run_service
 from tunedeck_state.db import session_scope
 from tunedeck_state.models import RunStatus
+from tunedeck_state.search.trials import sweep_to_continue
 from tunedeck_state.settings import get_settings
 from tunedeck_state.settings_checks import heartbeat_interval
-from worker import gpu_slots
+from worker import disk_usage, gpu_slots
 from worker.attempts import prepare_attempt
 from worker.distributed_launch import DistributedFailure, train_distributed
 from worker.reporting import DatabaseReporter
@@ -46,16 +47,20 @@ def train_run(self: Task, run_id: int, attempt: int) -> None:
         return
     with session_scope() as session:
         claimed = run_service.get_run(session, run_id)
-        spec = RunSpec.model_validate(claimed.spec)
+        spec = disk_usage.with_retention(RunSpec.model_validate(claimed.spec), settings)
         stored_estimate = (claimed.details or {}).get("memory_estimate")  # made at submit, if a worker answered
 
     run_dir = settings.runs_dir / f"run-{run_id}"
     retryable = False  # an infrastructure failure (not the spec's fault) may be retried automatically
     try:
+        usage = disk.data_dir_usage(settings)
+        if problem := disk_usage.room_problem(spec, stored_estimate, usage.free_bytes if usage else None):
+            raise TrainingError(problem)
         with (
             DatabaseReporter(run_id, heartbeat_interval(settings), attempt=attempt) as reporter,
             prepare_attempt(run_dir, attempt, settings) as setup,
         ):
+            setup.callbacks.append(disk_usage.DiskUsageCallback(settings, run_id))
             reporter.details({"worker_pid": os.getpid(), "resumed_from_step": setup.resume_step})
             if attempt > 1:
                 reporter.log(
@@ -94,10 +99,16 @@ def train_run(self: Task, run_id: int, attempt: int) -> None:
             wall_time_seconds=result.wall_time_seconds,
             artifact_dir=str(result.artifact_dir),
         )
+    if outcome.status is RunStatus.succeeded and spec.placement.keep_checkpoints == 0:
+        disk_usage.drop_checkpoints(run_dir)
     with session_scope() as session:
         finished = run_service.finish_run(session, run_id, outcome, attempt=attempt)
+        if finished:
+            disk.record_disk_bytes(session, settings, run_id)
         retry = lifecycle.retry_if_allowed(session, run_id, outcome.error or "") if finished and retryable else None
+        search_sweep = sweep_to_continue(session, run_id) if finished and retry is None else None
     dispatch.enqueue_attempts([retry] if retry else [])
+    dispatch.continue_sweeps([search_sweep])
 
 
 @celery_app.task(name=INSPECT_MODEL_TASK, ignore_result=False)

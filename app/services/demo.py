@@ -11,7 +11,8 @@ from tunedeck_state.db import session_scope
 from tunedeck_state.models import Run
 from tunedeck_state.settings import Settings
 
-DEMO_MODEL_DIRNAME = "models/tiny-bloom-256x4"
+#: The tiny Bloom after `demo prepare` pre-trained it (tunedeck_demo/pretrain.py: pretrained_dir).
+DEMO_MODEL_DIRNAME = "models/tiny-bloom-256x4-pretrained"
 DEMO_DATASET = "data/demo_alpaca.jsonl"
 
 

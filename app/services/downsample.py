@@ -13,19 +13,12 @@ import math
 from bisect import bisect_left
 from collections.abc import Sequence
 
-NICE_STEPS = (1.0, 2.0, 2.5, 5.0)
+import numpy as np
 
+# the same nice widths as the rollups a finished run's series are stored as
+from tunedeck_state.rollups import NICE_STEPS, nice_width
 
-def nice_width(span: float, buckets: int) -> float:
-    """The smallest of 1, 2, 2.5, 5 × 10^k that cuts `span` into at most `buckets` buckets."""
-    if span <= 0 or buckets <= 0:
-        return 1.0
-    raw = span / buckets
-    power = 10.0 ** math.floor(math.log10(raw))
-    for step in NICE_STEPS:
-        if step * power >= raw:
-            return step * power
-    return 10.0 * power
+__all__ = ["NICE_STEPS", "align", "downsample", "minmax_arrays", "minmax_buckets", "nice_width"]
 
 
 def minmax_buckets(
@@ -67,6 +60,39 @@ def minmax_buckets(
                 out_y += [ys[first], ys[second]]
         i = j
     return out_x, out_y
+
+
+def minmax_arrays(xs: np.ndarray, ys: np.ndarray, width: float) -> tuple[list[float], list[float]]:
+    """minmax_buckets (origin 0) on arrays, vectorised: the same points, for the hundreds of thousands of a
+    comparison read from rollups (tunedeck_state.rollups). NaN values take the element-wise path."""
+    n = len(xs)
+    if n == 0:
+        return [], []
+    if np.isnan(ys).any():
+        return minmax_buckets(xs.tolist(), ys.tolist(), width)
+    bucket = np.floor(xs / width)
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    segment = np.repeat(np.arange(len(starts)), sizes)
+    index = np.arange(n)
+    # the first index of each bucket's minimum and maximum (as min()/max() over range(i, j) pick)
+    lo = np.minimum.reduceat(np.where(ys == np.minimum.reduceat(ys, starts)[segment], index, n), starts)
+    hi = np.minimum.reduceat(np.where(ys == np.maximum.reduceat(ys, starts)[segment], index, n), starts)
+    left = bucket[starts] * width
+    half = width / 2
+    single = sizes == 1
+    pair = ~single & (lo != hi)
+    first, second = np.minimum(lo, hi), np.maximum(lo, hi)
+    x1 = np.where(single, left + np.where(xs[starts] - left < half, 0.0, half) + half / 2, left + half / 2)
+    y1 = np.where(single, ys[starts], ys[first])
+    counts = 1 + pair.astype(np.int64)
+    at = np.cumsum(counts) - counts
+    out_x = np.empty(int(counts.sum()))
+    out_y = np.empty(len(out_x))
+    out_x[at], out_y[at] = x1, y1
+    out_x[at[pair] + 1] = left[pair] + half + half / 2
+    out_y[at[pair] + 1] = ys[second[pair]]
+    return out_x.tolist(), out_y.tolist()
 
 
 def downsample(xs: Sequence[float], ys: Sequence[float], max_points: int) -> tuple[list[float], list[float]]:

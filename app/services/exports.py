@@ -7,8 +7,11 @@ anything else. The merged model is made by the inference flow (POST /api/runs/{i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import threading
+import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +34,10 @@ REQUIRED_FILES: dict[str, tuple[str, ...]] = {
 #: Already compressed: stored as they are in the zip.
 STORED_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".model")
 CARD_NAME = "README.md"
+#: Built archives, kept in the run's folder (they go with it) and never exported themselves.
+CACHE_DIRNAME = ".exports"
+_build_locks: dict[tuple[str, str], threading.Lock] = {}
+_build_locks_guard = threading.Lock()
 
 
 class ExportRefused(ValueError):
@@ -54,7 +61,7 @@ def is_peft(run: Run) -> bool:
 
 
 def available_kinds(run: Run) -> list[Kind]:
-    if not run.artifact_dir or run.status not in (RunStatus.succeeded, RunStatus.cancelled):
+    if not run.artifact_dir or run.status not in (RunStatus.succeeded, RunStatus.cancelled, RunStatus.pruned):
         return []
     if not is_peft(run):
         return ["model"]
@@ -65,7 +72,7 @@ def export_folder(runs_dir: Path, run: Run, kind: Kind) -> Path:
     """The folder to export, resolved and checked to lie inside the run's folder."""
     if kind not in KINDS:
         raise ExportRefused(f"unknown export {kind!r}; choose adapter, model or merged")
-    if run.status not in (RunStatus.succeeded, RunStatus.cancelled) or not run.artifact_dir:
+    if run.status not in (RunStatus.succeeded, RunStatus.cancelled, RunStatus.pruned) or not run.artifact_dir:
         raise ExportRefused(f"run {run.id} is {run.status} and has saved no result to export")
     peft = is_peft(run)
     if kind == "adapter" and not peft:
@@ -102,12 +109,15 @@ def export_folder(runs_dir: Path, run: Run, kind: Kind) -> Path:
 
 def export_files(folder: Path, base: Path) -> Iterator[tuple[str, Path]]:
     """(name in the export, file) for every file of the folder that resolves inside `base`; links out are skipped."""
+    cache = base / CACHE_DIRNAME
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if (Path(dirpath) / d).resolve().is_relative_to(folder))
+        dirnames[:] = sorted(
+            d for d in dirnames if (Path(dirpath) / d).resolve().is_relative_to(folder) and d != CACHE_DIRNAME
+        )
         for name in sorted(filenames):
             path = Path(dirpath) / name
             resolved = path.resolve()
-            if not resolved.is_relative_to(base) or not resolved.is_file():
+            if not resolved.is_relative_to(base) or not resolved.is_file() or resolved.is_relative_to(cache):
                 continue
             arcname = path.relative_to(folder).as_posix()
             if arcname == CARD_NAME:
@@ -115,12 +125,43 @@ def export_files(folder: Path, base: Path) -> Iterator[tuple[str, Path]]:
             yield arcname, resolved
 
 
-def write_zip(target: Path, folder: Path, base: Path, card: str) -> None:
+def write_zip(target: Path, folder: Path, base: Path, card: str, files: list[tuple[str, Path]] | None = None) -> None:
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
         archive.writestr(CARD_NAME, card)
-        for arcname, path in export_files(folder, base):
+        for arcname, path in files if files is not None else export_files(folder, base):
             method = zipfile.ZIP_STORED if path.suffix in STORED_SUFFIXES else zipfile.ZIP_DEFLATED
             archive.write(path, arcname, compress_type=method)
+
+
+def cached_zip(folder: Path, base: Path, kind: Kind, card: str) -> Path:
+    """The export's zip, built once and kept under the run's folder (`.exports/`) until what it holds changes.
+
+    Its name carries a digest of the card and of every file's name, size and modification time, so a retrained
+    or re-merged result gets a new archive (the older one is removed). One lock per run folder and kind: any
+    number of simultaneous downloads build it once and then stream the same file."""
+    files = list(export_files(folder, base))
+    digest = hashlib.sha256(card.encode())
+    for arcname, path in files:
+        info = path.stat()
+        digest.update(f"\0{arcname}\0{info.st_size}\0{info.st_mtime_ns}".encode())
+    cache = base / CACHE_DIRNAME
+    target = cache / f"{kind}-{digest.hexdigest()[:24]}.zip"
+    with _build_locks_guard:
+        lock = _build_locks.setdefault((str(base), kind), threading.Lock())
+    with lock:
+        if target.is_file():
+            return target
+        cache.mkdir(exist_ok=True)
+        partial = cache / f".{kind}-{uuid.uuid4().hex}.partial"
+        try:
+            write_zip(partial, folder, base, card, files)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        for older in cache.glob(f"{kind}-*.zip"):
+            if older != target:
+                older.unlink(missing_ok=True)
+    return target
 
 
 def zip_name(run: Run, kind: Kind) -> str:
@@ -300,9 +341,36 @@ def push_to_hub(
         if code in (401, 403):
             raise HubPushFailed(f"the hub refused the token for {repo_id} ({code}): {reason}", code) from None
         raise HubPushFailed(f"the hub answered {code}: {reason}", code) from None
-    except (OSError, ValueError) as exc:
+    except _transport_errors() as exc:  # unreachable, refused, timed out: not a hub answer (502 upstream)
+        where = endpoint or "https://huggingface.co"
+        raise HubPushFailed(
+            f"could not reach the hub at {where} ({type(exc).__name__}: {_scrub(str(exc)[:200], token)}); check "
+            "this server's network access (or TUNEDECK_HUB_ENDPOINT) and push again"
+        ) from None
+    except _http_errors() as exc:
         raise HubPushFailed(f"could not push to the hub: {_scrub(str(exc)[:300], token)}") from None
     return PushResult(repo_id=repo_id, commit_url=str(info.commit_url), files=len(operations))
+
+
+def _http_clients() -> list[Any]:
+    """The HTTP client modules huggingface_hub may use (httpx; httpx2 in its newer releases)."""
+    import importlib
+
+    found = []
+    for name in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return found
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    return tuple(module.TransportError for module in _http_clients())
+
+
+def _http_errors() -> tuple[type[BaseException], ...]:
+    return (OSError, ValueError, *(module.HTTPError for module in _http_clients()))
 
 
 def _scrub(text: str, token: str) -> str:

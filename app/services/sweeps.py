@@ -15,7 +15,7 @@ import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from sqlalchemy import select
@@ -28,6 +28,10 @@ from runspec import RunSpec
 from runspec.base import StrictModel
 from tunedeck_state import runs as run_service
 from tunedeck_state.models import Run, RunStatus, Sweep, SweepRun
+from tunedeck_state.search.pruning import steps_saved
+from tunedeck_state.search.space import OBJECTIVE_METRICS, Budget, Objective, PrunerSpec, parse_pruner
+from tunedeck_state.search.study import read_config
+from tunedeck_state.search.trials import is_search, stop_asking
 from tunedeck_state.source_checks import SpecRefused, check_sources
 
 MAX_RUNS = 256
@@ -37,6 +41,21 @@ NAME_MAX = 100
 #: A run in one of these states is not trained again when an identical spec is submitted (unless rerun).
 REUSABLE = (RunStatus.succeeded, RunStatus.queued, RunStatus.running)
 ACTIVE = (RunStatus.queued, RunStatus.running)
+#: A run spec nests four levels at most (dataset.columns.x); a base, grid or override nested deeper is refused as
+#: such, before anything walks it recursively (copying a base 900 levels deep exhausted the stack: a 500).
+MAX_SPEC_DEPTH = 32
+TOO_DEEP = f"nested too deeply: a run spec is a few levels deep; give one nested at most {MAX_SPEC_DEPTH} levels"
+
+
+def json_depth(value: Any, limit: int = MAX_SPEC_DEPTH) -> int:
+    """How deeply a JSON value nests, counted iteratively (so any depth is safe) and up to just past `limit`."""
+    deepest, stack = 0, [(value, 0)]
+    while stack and deepest <= limit:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level + 1)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 class SweepRequest(StrictModel):
@@ -63,6 +82,45 @@ class SweepRequest(StrictModel):
         '{"method.name": "lora", "method.r": 8}]; combined with every point of the grid.',
     )
     rerun: bool = Field(False, description="Train again even when an identical run already succeeded.")
+    strategy: Literal["grid", "random", "tpe"] = Field(
+        "grid",
+        description="grid: every point of `grid` × `overrides`, at once. random or tpe: trials sampled from `space` "
+        "by Optuna (TPE: Bayesian), asked as runs finish so that budget.max_concurrent stay in flight.",
+    )
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Dotted spec paths to a range {"type": "int"|"float", "low", "high", "log": true}, a list of '
+        'choices (method.name entries may be {"name": ..., "space": {...}}, that method\'s own sub-space) or a '
+        "fixed value. With strategy grid, lists only (they join the grid).",
+        examples=[
+            {
+                "method.r": {"type": "int", "low": 2, "high": 16},
+                "training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            }
+        ],
+    )
+    objective: Objective = Field(
+        default_factory=lambda: Objective(),
+        description=f"What the search optimises: metric ({', '.join(OBJECTIVE_METRICS)}) and direction.",
+    )
+    budget: Budget | None = Field(None, description="random / tpe: max_runs in all, max_concurrent at once.")
+    pruner: Literal["median", "hyperband"] | PrunerSpec | None = Field(
+        None,
+        description="Early stopping on the eval loss runs report: median (stop a run whose best eval loss is worse "
+        "than the median of finished runs at that step) or hyperband; an object tunes it "
+        '({"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0}).',
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="random / tpe: the sampler's seed.")
+
+    def pruner_spec(self) -> PrunerSpec | None:
+        return parse_pruner(self.pruner.model_dump() if isinstance(self.pruner, PrunerSpec) else self.pruner)
+
+    @field_validator("base", "grid", "overrides", mode="before")
+    @classmethod
+    def _not_too_deep(cls, value: Any) -> Any:
+        if json_depth(value) > MAX_SPEC_DEPTH:
+            raise ValueError(TOO_DEEP)
+        return value
 
     @field_validator("grid")
     @classmethod
@@ -173,7 +231,7 @@ def plan_sweep(request: SweepRequest) -> Plan:
                 spec = RunSpec.model_validate(values)
                 check_sources(spec)
             except ValidationError as exc:
-                problems += [_problem(index, values["name"], error) for error in exc.errors()]
+                problems += [sweep_problem(index, values["name"], error) for error in exc.errors()]
             except SpecRefused as refused:
                 problems += [
                     {"run_index": index, "run_name": values["name"], "field": f, "msg": m} for f, m in refused.problems
@@ -233,7 +291,7 @@ def normalised_base(base: Mapping[str, Any]) -> dict[str, Any]:
         return given
 
 
-def _problem(index: int, name: str, error: Mapping[str, Any]) -> dict[str, Any]:
+def sweep_problem(index: int, name: str, error: Mapping[str, Any]) -> dict[str, Any]:
     loc = [str(part) for part in error.get("loc", ())]
     if len(loc) >= 2 and loc[0] == "method":  # the union's tag: method.lora.r → method.r
         loc = [loc[0], *loc[2:]]
@@ -295,10 +353,12 @@ def get_sweep(session: Session, sweep_id: int) -> Sweep:
     return sweep
 
 
-def list_sweeps(session: Session, *, limit: int = 50, offset: int = 0) -> list[Sweep]:
+def list_sweeps(session: Session, *, limit: int = 50, offset: int = 0, archived: bool | None = False) -> list[Sweep]:
+    """Newest first; archived sweeps only when `archived` is True, both when None."""
     return list(
         session.scalars(
             select(Sweep)
+            .where(*([] if archived is None else [Sweep.archived.is_(archived)]))
             .order_by(Sweep.id.desc())
             .limit(limit)
             .offset(offset)
@@ -314,6 +374,7 @@ def sweep_runs(sweep: Sweep) -> list[Run]:
 def cancel_sweep(session: Session, sweep_id: int) -> Sweep:
     """Cancel every queued or running run of the sweep (queued at once, running at their next step)."""
     sweep = get_sweep(session, sweep_id)
+    stop_asking(session, sweep)
     for run in sweep_runs(sweep):
         if run.status in [s.value for s in ACTIVE]:
             with contextlib.suppress(run_service.InvalidTransition):  # it finished meanwhile
@@ -328,13 +389,19 @@ class SweepSummary:
     counts: dict[str, int]
     state: str
     progress: float
+    #: random / tpe: trials the budget allows in all (total is the trials asked so far); grid: None.
+    max_runs: int | None = None
+    #: GPU-steps the pruned runs did not train.
+    steps_saved: int = 0
 
 
 def summarize(sweep: Sweep) -> SweepSummary:
     runs = sweep_runs(sweep)
     counts = Counter(run.status for run in runs)
     active = sum(counts.get(s.value, 0) for s in ACTIVE)
-    if active:
+    budget = read_config(sweep.request).budget if is_search(sweep) else None
+    to_ask = budget.max_runs - (sweep.trials_asked or 0) if budget else 0
+    if active or to_ask > 0:
         state = "running" if counts.get(RunStatus.running.value) else "queued"
     elif counts.get(RunStatus.failed.value):
         state = "failed" if counts.get(RunStatus.failed.value) == len(runs) else "finished with failures"
@@ -344,4 +411,13 @@ def summarize(sweep: Sweep) -> SweepSummary:
         state = "succeeded"
     steps = sum(run.max_steps for run in runs)
     done = sum(run.max_steps if run.status_enum.is_final else min(run.step, run.max_steps) for run in runs)
-    return SweepSummary(total=len(runs), counts=dict(counts), state=state, progress=(done / steps) if steps else 0.0)
+    if to_ask > 0 and runs:  # trials not asked yet: as long as the average one so far
+        steps += to_ask * steps // len(runs)
+    return SweepSummary(
+        total=len(runs),
+        counts=dict(counts),
+        state=state,
+        progress=(done / steps) if steps else 0.0,
+        max_runs=budget.max_runs if budget else None,
+        steps_saved=steps_saved(runs),
+    )

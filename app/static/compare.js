@@ -3,7 +3,8 @@
 (function () {
   const root = document.getElementById("compare");
   if (!root) return;
-  const baseQuery = root.dataset.query;
+  // the API query: runs or sweep, and the view (group_by, objective), which compare_views.js may change
+  const apiQuery = () => root.dataset.query;
   const live = root.dataset.live === "true";
   const $ = (id) => document.getElementById(id);
   const state = { data: null, x: "step", logY: false, smooth: 0, sort: null, effMetric: null, plots: [] };
@@ -237,6 +238,7 @@
     const table = el("table", { class: "runs compare-table", id: "cmp-runs-table" }, el("thead", {}, head), el("tbody", {}, ...body));
     if (state.sort) table.dataset.sortedBy = `${state.sort.key}:${state.sort.dir > 0 ? "asc" : "desc"}`;
     container.replaceChildren(table);
+    if (window.TunedeckViews) window.TunedeckViews.filterTable(); // brushed axes hide rows
   }
 
   function drawGroups(data) {
@@ -494,6 +496,7 @@
     timed("efficiency", drawEfficiency);
     timed("diff", drawDiff);
     timed("generations", drawGenerations);
+    if (window.TunedeckViews) timed("views", (d) => window.TunedeckViews.render(d, { el, color, formatNumber, plot, figure, reload: load }));
     root.dataset.renderMs = JSON.stringify(timings); // how long each view took to draw (benchmarks read it)
     const active = data.table.filter((r) => r.status === "queued" || r.status === "running").length;
     $("cmp-status").textContent = `${data.table.length} runs` + (active ? ` · ${active} still training, refreshing` : "");
@@ -510,7 +513,7 @@
   async function load() {
     let active = false;
     try {
-      const response = await fetch(`/api/compare?${baseQuery}&x=${state.x}`);
+      const response = await fetch(`/api/compare?${apiQuery()}&x=${state.x}`);
       const payload = await response.json();
       if (!response.ok) {
         $("cmp-status").textContent = payload.detail || payload.message || `error ${response.status}`;

@@ -17,6 +17,7 @@ from sqlalchemy.exc import DataError
 
 from app.web import prometheus, routes, security
 from app.web.routes import exports as exports_web
+from app.web.schemas import ERROR_RESPONSES
 from app.web.templating import STATIC_DIR
 from runspec import METHODS
 from tunedeck_jobs import dispatch
@@ -37,12 +38,31 @@ def _dotted(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+#: Fields whose value an error never echoes (`input`), whatever its size.
+SECRET_FIELD_WORDS = ("token", "secret", "password")
+#: The longest string an error echoes back as its `input`; longer ones, objects and lists are left out.
+MAX_ECHOED_CHARS = 200
+
+
+def _echoable(field: str, value: Any) -> bool:
+    """Whether a 422 may carry the offending value back: never a secret (a hub token over its length limit must not
+    come back in the answer, or in a proxy's log), never an object or list (a body nested 900 deep would be
+    walked again to encode it), never a long string."""
+    if any(word in part.lower() for part in field.split(".") for word in SECRET_FIELD_WORDS):
+        return False
+    if isinstance(value, str):
+        return len(value) <= MAX_ECHOED_CHARS
+    return value is None or isinstance(value, bool | int | float)
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 with each error's field as a dotted spec path, plus one readable summary line."""
     errors = []
     for error in exc.errors():
         error = {k: v for k, v in error.items() if k != "url"}
         error["field"] = _dotted(error.get("loc", ()))
+        if "input" in error and not _echoable(error["field"], error["input"]):
+            del error["input"]
         errors.append(error)
     summary = "; ".join(f"{e['field']}: {e['msg']}" for e in errors[:10])
     return JSONResponse(
@@ -102,6 +122,7 @@ def create_app() -> FastAPI:
         version=__version__,
         description="Launch parameter-efficient fine-tunes of causal language models, watch them, compare them.",
         max_body_size=get_settings().max_request_bytes,  # 413 above; an upload route sets its own
+        responses=ERROR_RESPONSES,  # every error answer, declared with its shape (app/web/schemas.py)
     )
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(SpecRefused, _spec_refused)  # type: ignore[arg-type]

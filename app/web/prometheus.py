@@ -2,7 +2,7 @@
 
 tunedeck_runs{state}, tunedeck_queue_length, tunedeck_workers{queues}, tunedeck_gpu_memory_*_bytes{worker,gpu}
 (from the workers' heartbeats, where nvidia-smi tells), tunedeck_run_memory_bytes{run_id,device} (peak memory
-of running runs), tunedeck_info{version}.
+of running runs), tunedeck_runs_disk_bytes, tunedeck_data_dir_{total,free}_bytes, tunedeck_info{version}.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from tunedeck_state import __version__
+from tunedeck_state import __version__, disk
 from tunedeck_state import workers as worker_service
 from tunedeck_state.db import session_scope
 from tunedeck_state.models import Run, RunStatus
@@ -77,6 +77,19 @@ class TunedeckCollector(Collector):
                 if value is not None:
                     memory.add_metric([str(run_id), str((details or {}).get("device", "unknown"))], float(value))
             yield memory
+            yield GaugeMetricFamily(
+                "tunedeck_runs_disk_bytes",
+                "Bytes the runs' folders hold (checkpoints, results, merged models), as last measured.",
+                value=float(session.scalar(select(func.coalesce(func.sum(Run.disk_bytes), 0))) or 0),
+            )
+        usage = disk.data_dir_usage(settings)
+        if usage is not None:
+            yield GaugeMetricFamily(
+                "tunedeck_data_dir_total_bytes", "Size of the filesystem holding the data directory.", usage.total_bytes
+            )
+            yield GaugeMetricFamily(
+                "tunedeck_data_dir_free_bytes", "Free space on the data directory's filesystem.", usage.free_bytes
+            )
         info = InfoMetricFamily("tunedeck", "tunedeck build information.")
         info.add_metric([], {"version": __version__})
         yield info

@@ -10,7 +10,9 @@
      the signed session cookie that /login sets (the pages' own fetches of /api use the cookie).
 * `/login` and `/logout`: a form that takes the token and sets the session cookie (Starlette's
   SessionMiddleware, signed with itsdangerous under a key derived from the token: changing the token logs
-  everyone out).
+  everyone out). Each login has a random session id; logout revokes it server-side (`SessionRevocations`).
+* GETs: the API (and /metrics, /openapi.json) refuses cross-site reads like posts; a page opens from another
+  site only as a followed link, never embedded or fetched. Every answer forbids framing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import json
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
@@ -108,6 +116,91 @@ def cross_site_problem(headers: Headers, scheme: str) -> str | None:
     return None
 
 
+#: GETs answered as data (and built at a cost: exports zip whole models, previews and compare ask workers or read
+#: every metric): a browser's cross-site request for one (an <img> or <script> tag on any page) is refused.
+COSTLY_GET_PREFIXES = ("/api/", "/openapi.json", "/metrics")
+
+
+def cross_site_read_problem(path: str, headers: Headers, scheme: str) -> str | None:
+    """Why a GET/HEAD looks like another site's page fetching from tunedeck, or None.
+
+    The API (exports, previews, comparisons, every JSON read) refuses any cross-site sign, as state-changing
+    requests do. A page may still be opened from a link on another site (a top-level navigation: Sec-Fetch-Mode
+    navigate, destination document), but not embedded or fetched by one."""
+    if path.startswith(COSTLY_GET_PREFIXES):
+        return cross_site_problem(headers, scheme)
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site and fetch_site not in ("same-origin", "none"):
+        navigation = headers.get("sec-fetch-mode") == "navigate" and headers.get("sec-fetch-dest") in (None, "document")
+        if not navigation:
+            return f"cross-site request refused (Sec-Fetch-Site: {fetch_site}, not a link followed to a page)"
+    if headers.get("origin") is not None:  # navigations never send an Origin with a GET; fetch() and XHR do
+        return cross_site_problem(headers, scheme)
+    return None
+
+
+#: Sent with every answer: no page of tunedeck may be framed by another (clickjacking the Cancel button).
+FRAME_HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"))
+
+
+class SessionRevocations:
+    """Logged-out sessions, so that logout ends a session at once (its signed cookie is otherwise valid until it
+    expires). Each login gets a random session id in its cookie; logout records the id until the cookie would have
+    expired anyway. Kept in a small JSON file in the data directory, re-read when it changes: a revocation holds
+    across restarts and for every server process on that directory. (A new token ends every session by itself:
+    the cookies' signing key is derived from the token.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._revoked: dict[str, float] = {}
+        self._seen: tuple[int, int] | None = None
+
+    def _reload(self) -> None:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            self._revoked, self._seen = {}, None
+            return
+        seen = (info.st_mtime_ns, info.st_size)
+        if seen == self._seen:
+            return
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            self._revoked = {str(k): float(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            return  # half-written by another process: keep what we had, read it again next time
+        self._seen = seen
+
+    def is_revoked(self, session_id: str) -> bool:
+        with self._lock:
+            self._reload()
+            return session_id in self._revoked
+
+    def revoke(self, session_id: str, until: float) -> None:
+        with self._lock:
+            self._reload()
+            now = time.time()
+            self._revoked = {sid: end for sid, end in self._revoked.items() if end > now}
+            self._revoked[session_id] = until
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+            partial.write_text(json.dumps(self._revoked), encoding="utf-8")
+            os.replace(partial, self.path)
+            self._seen = None
+
+
+_revocations: SessionRevocations | None = None
+
+
+def revocations() -> SessionRevocations:
+    global _revocations
+    path = get_settings().resolved_data_dir / "web" / "revoked-sessions.json"
+    if _revocations is None or _revocations.path != path:
+        _revocations = SessionRevocations(path)
+    return _revocations
+
+
 def token_fingerprint(token: str) -> str:
     return hashlib.sha256(b"tunedeck-login\x00" + token.encode()).hexdigest()[:32]
 
@@ -155,9 +248,9 @@ class SecurityMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            await response(scope, receive, send)
+            await response(scope, receive, _with_frame_headers(send))
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, _with_frame_headers(send) if scope["type"] == "http" else send)
 
     def refusal(self, connection: HTTPConnection) -> Response | None:
         headers = connection.headers
@@ -172,6 +265,10 @@ class SecurityMiddleware:
         method = connection.scope.get("method", "GET")
         if method in UNSAFE_METHODS or connection.scope["type"] == "websocket":
             problem = cross_site_problem(headers, scheme)
+            if problem:
+                return _error(connection, status.HTTP_403_FORBIDDEN, problem)
+        elif method in ("GET", "HEAD"):
+            problem = cross_site_read_problem(connection.url.path, headers, scheme)
             if problem:
                 return _error(connection, status.HTTP_403_FORBIDDEN, problem)
         if self.token and not self._is_open(connection.url.path) and not self._authenticated(connection):
@@ -193,7 +290,10 @@ class SecurityMiddleware:
         if bearer_matches(connection.headers.get("authorization"), self.token):
             return True
         session: dict[str, Any] = connection.scope.get("session") or {}
-        return hmac.compare_digest(str(session.get("auth", "")), token_fingerprint(self.token))
+        if not hmac.compare_digest(str(session.get("auth", "")), token_fingerprint(self.token)):
+            return False
+        session_id = session.get("sid")  # a cookie without one predates revocable sessions: log in again
+        return isinstance(session_id, str) and bool(session_id) and not revocations().is_revoked(session_id)
 
     def _challenge(self, connection: HTTPConnection) -> Response:
         path = connection.url.path
@@ -208,6 +308,17 @@ class SecurityMiddleware:
         if connection.headers.get("hx-request") == "true":
             return Response(status_code=status.HTTP_401_UNAUTHORIZED, headers={"HX-Redirect": "/login"})
         return RedirectResponse(login, status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _with_frame_headers(send: Send) -> Send:
+    async def sending(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            present = {name.lower() for name, _ in message.get("headers", [])}
+            extra = [(name, value) for name, value in FRAME_HEADERS if name not in present]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return sending
 
 
 def _error(connection: HTTPConnection, code: int, message: str) -> Response:
@@ -252,12 +363,19 @@ async def login(request: Request) -> Response:
         return _login_page(request, next_path, "That is not the token this server was started with.", 401)
     request.session.clear()
     request.session["auth"] = token_fingerprint(token)
+    request.session["sid"] = secrets.token_urlsafe(18)
+    request.session["iat"] = int(time.time())
     return RedirectResponse(next_path, status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
+    """End this session: its id is revoked on the server, so a copy of the cookie no longer works either."""
     if "session" in request.scope:
+        session_id = request.session.get("sid")
+        if isinstance(session_id, str) and session_id:
+            # Every copy of the cookie was signed before now, so none outlives now + max age: forget it then.
+            revocations().revoke(session_id, time.time() + get_settings().session_max_age_seconds)
         request.session.clear()
     return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
 

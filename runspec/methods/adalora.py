@@ -24,6 +24,7 @@ class AdaLoraSpec(MethodSpec):
     name: Literal["adalora"] = "adalora"
     label = "AdaLoRA"
     summary = "LoRA in SVD form whose rank budget is re-allocated during training to the most important layers."
+    main_fields = ("init_r", "target_r", "target_modules")
     trains = "SVD-form triplets P·Λ·Q beside each target layer, pruned to an average rank of target_r"
     module_fields: ClassVar[tuple[str, ...]] = ("target_modules",)
 

@@ -42,6 +42,8 @@ class MethodSpec(StrictModel):
     requires_cuda: ClassVar[bool] = False
     #: Fields that name modules of the model (peft's suffix matching); checked against the model's real names.
     module_fields: ClassVar[tuple[str, ...]] = ()
+    #: The parameters the new-run form shows beside the method select; the others go in "method details".
+    main_fields: ClassVar[tuple[str, ...]] = ()
 
     def model_load_kwargs(self, dtypes: ResolvedDtypes | None = None) -> dict[str, Any]:
         """Extra keyword arguments for `AutoModelForCausalLM.from_pretrained` (quantization). `dtypes`: the run's

@@ -13,6 +13,7 @@ class FullSpec(MethodSpec):
     name: Literal["full"] = "full"
     label = "Full fine-tuning"
     summary = "All parameters trained; the largest memory footprint, no adapter."
+    main_fields = ("freeze_embeddings",)
     trains = "every weight of the model (optionally all but the input embeddings)"
     is_peft = False
 

@@ -22,6 +22,7 @@ class IA3Spec(MethodSpec):
     name: Literal["ia3"] = "ia3"
     label = "IA3"
     summary = "Learned vectors rescaling attention outputs and feed-forward inputs; the fewest trainable parameters."
+    main_fields = ("target_modules", "feedforward_modules")
     trains = "one scaling vector per target layer (output size; input size for feed-forward layers)"
     module_fields: ClassVar[tuple[str, ...]] = ("target_modules", "feedforward_modules")
 

@@ -26,6 +26,7 @@ class LoraFamilySpec(MethodSpec):
 
     trains = "low-rank matrices A (r×in) and B (out×r) beside each target layer"
     module_fields: ClassVar[tuple[str, ...]] = ("target_modules",)
+    main_fields: ClassVar[tuple[str, ...]] = ("r", "lora_alpha", "target_modules")
 
     r: int = Field(8, ge=1, le=4096, description="Rank of the update matrices.")
     lora_alpha: int = Field(16, gt=0, description="Scaling: the update is multiplied by lora_alpha / r.")

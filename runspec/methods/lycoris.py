@@ -22,6 +22,7 @@ class LoHaSpec(MethodSpec):
     name: Literal["loha"] = "loha"
     label = "LoHa"
     summary = "Hadamard product of two low-rank updates: a higher-rank update for LoRA's parameter count."
+    main_fields = ("r", "alpha", "target_modules")
     trains = "two pairs of low-rank factors per target layer, multiplied element-wise"
     module_fields: ClassVar[tuple[str, ...]] = ("target_modules",)
 
@@ -57,6 +58,7 @@ class LoKrSpec(MethodSpec):
     name: Literal["lokr"] = "lokr"
     label = "LoKr"
     summary = "Kronecker product of a small matrix and a low-rank update: very few parameters per layer."
+    main_fields = ("r", "alpha", "target_modules")
     trains = "a small Kronecker factor and a low-rank factor per target layer"
     module_fields: ClassVar[tuple[str, ...]] = ("target_modules",)
 

@@ -18,6 +18,7 @@ class OftSpec(MethodSpec):
     name: Literal["oft"] = "oft"
     label = "OFT"
     summary = "A learned block-diagonal orthogonal rotation of each target layer's weights."
+    main_fields = ("oft_block_size", "r", "target_modules")
     trains = "the skew-symmetric parameters of one orthogonal block per oft_block_size inputs of each target layer"
     module_fields: ClassVar[tuple[str, ...]] = ("target_modules",)
 

@@ -17,6 +17,7 @@ class PTuningSpec(MethodSpec):
     name: Literal["p_tuning"] = "p_tuning"
     label = "P-Tuning"
     summary = "Virtual-token embeddings produced by a trainable prompt encoder (MLP or LSTM); the model stays frozen."
+    main_fields = ("num_virtual_tokens", "encoder_reparameterization_type")
     trains = "virtual-token embeddings and the prompt encoder (MLP or LSTM + MLP) that produces them"
     prompt_learning = True
 

@@ -34,6 +34,7 @@ class PrefixTuningSpec(MethodSpec):
     name: Literal["prefix_tuning"] = "prefix_tuning"
     label = "Prefix Tuning"
     summary = "Trainable key/value prefixes at every layer, produced by an MLP; the model stays frozen."
+    main_fields = ("num_virtual_tokens", "prefix_projection")
     trains = "prefix embeddings and the MLP (prefix projection) that turns them into keys/values of every layer"
     prompt_learning = True
 
@@ -70,6 +71,7 @@ class PTuningV2Spec(MethodSpec):
     name: Literal["p_tuning_v2"] = "p_tuning_v2"
     label = "P-Tuning v2"
     summary = "Deep prompts: trainable key/value prefixes at every layer, without reparameterization."
+    main_fields = ("num_virtual_tokens",)
     trains = "num_virtual_tokens keys and values for every layer, trained directly"
     prompt_learning = True
 

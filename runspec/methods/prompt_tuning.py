@@ -20,6 +20,7 @@ class PromptTuningSpec(MethodSpec):
     name: Literal["prompt_tuning"] = "prompt_tuning"
     label = "Prompt Tuning"
     summary = "Trainable soft-prompt embeddings before the input; the whole model stays frozen."
+    main_fields = ("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text")
     trains = "num_virtual_tokens input embeddings (the soft prompt)"
     prompt_learning = True
 

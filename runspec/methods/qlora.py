@@ -23,6 +23,7 @@ class QLoraSpec(LoraFamilySpec):
     name: Literal["qlora"] = "qlora"
     label = "QLoRA"
     summary = "LoRA on a base quantized to 4 bit (bitsandbytes NF4, double quantization): the least memory."
+    main_fields = ("r", "lora_alpha", "target_modules", "bnb_4bit_quant_type")
 
     init_lora_weights: Literal["gaussian", "default"] = Field(
         "gaussian", description="gaussian: A ~ N(0, 1/r), B = 0; default: peft's Kaiming-uniform A, B = 0."

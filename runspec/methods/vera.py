@@ -20,6 +20,7 @@ class VeraSpec(MethodSpec):
     name: Literal["vera"] = "vera"
     label = "VeRA"
     summary = "Shared frozen random low-rank matrices with per-layer trainable scaling vectors: LoRA's rank, tiny cost."
+    main_fields = ("r", "target_modules")
     trains = "two scaling vectors per target layer (size r and the layer's output size)"
     module_fields: ClassVar[tuple[str, ...]] = ("target_modules",)
 

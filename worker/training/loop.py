@@ -344,7 +344,7 @@ def training_arguments(
     """`batching`: what plan_batching chose for the loaded model; without it, the spec's grouping, no packing.
     `kernels`: what plan_kernels chose; without it, no Liger kernels. Mixed precision (autocast) as
     runspec.precision decides: none for fp32 and for pure_bf16, whose weights are bf16 already."""
-    t = spec.training
+    t, t_keep = spec.training, spec.placement.keep_checkpoints
     if batching is None:
         batching = Batching(group_by_length=t.group_by_length, packing=False, reason="not planned")
     cuda = has_cuda()
@@ -366,7 +366,7 @@ def training_arguments(
         eval_steps=eval_interval(spec),
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=2,  # the newest may be half-written when the process dies: keep the one before it
+        save_total_limit=max(1, 2 if t_keep is None else t_keep),  # placement.keep_checkpoints, the worker's default
         report_to=report_to(spec, run_dir),
         disable_tqdm=True,
         # A packed batch has no padding and no attention mask: every token counts.

@@ -14,13 +14,16 @@ from app.services.compare.columns import DEFAULT_MAX_POINTS, MAX_RUNS, RunsNotFo
 from app.services.compare.comparison import compare, load_runs
 from app.services.compare.csv_export import table_csv
 from app.services.compare.series import CACHE, SeriesCache
+from app.services.compare.views import DEFAULT_OBJECTIVE, ViewInvalid
 
 __all__ = [
     "CACHE",
     "DEFAULT_MAX_POINTS",
+    "DEFAULT_OBJECTIVE",
     "MAX_RUNS",
     "RunsNotFound",
     "SeriesCache",
+    "ViewInvalid",
     "compare",
     "load_runs",
     "pareto_front",

@@ -23,6 +23,7 @@ from app.services.compare.sections import _diff, _generations
 from app.services.compare.series import (
     CACHE,
     Raw,
+    Rollups,
     SeriesCache,
     SeriesStats,
     load_raw,
@@ -31,6 +32,15 @@ from app.services.compare.series import (
     tokens_at,
 )
 from app.services.compare.table import _seed_groups, _table_row
+from app.services.compare.views import (
+    DEFAULT_OBJECTIVE,
+    check_group_by,
+    check_objective,
+    group_curves,
+    importance,
+    parallel,
+    swept_params,
+)
 from app.services.downsample import minmax_buckets, nice_width
 from app.services.spec_paths import flatten
 from runspec import RunSpec
@@ -56,32 +66,50 @@ def compare(
     x: str = "step",
     max_points: int = DEFAULT_MAX_POINTS,
     cache: SeriesCache = CACHE,
+    params: Sequence[str] | None = None,
+    group_by: Sequence[str] | None = None,
+    objective: str = DEFAULT_OBJECTIVE,
 ) -> dict[str, Any]:
+    """`params`: the swept spec paths (a sweep's varied ones; by default those that differ between the runs);
+    `group_by`: config fields to group the runs by (by default runs differing only in seed); `objective`: the
+    metric of the parallel coordinates and the importances. A bad view parameter raises ViewInvalid."""
     if x not in X_MODES:
         raise ValueError(f"x must be one of {', '.join(X_MODES)}")
+    check_objective(objective)
     runs = load_runs(session, run_ids)
     raw: dict[int, Raw] = {}
     stats: dict[int, dict[str, SeriesStats]] = {}
+    rollups = Rollups(session, runs)
     for run in runs:
         version = run_version(run)
         found = cache.get_stats(version)
         if found is None:
+            found = rollups.stats(run.id)
+        if found is None:
             raw[run.id] = load_raw(session, run.id)
             found = series_stats(raw[run.id])
-            cache.put_stats(version, found)
+        cache.put_stats(version, found)
         stats[run.id] = found
 
     specs = {run.id: _spec_of(run) for run in runs}
     flats = {run.id: {k: v for k, v in flatten(run.spec).items() if k != "name"} for run in runs}
     rows = [_table_row(run, specs[run.id], stats[run.id]) for run in runs]
+    by = check_group_by(group_by, flats) if group_by else None
+    curves = _curves(session, runs, stats, raw, rollups, x, max_points, cache)
+    groups = _seed_groups(runs, flats, rows, by)
+    view = parallel(runs, flats, rows, swept_params(flats, params), objective)
     return {
         "run_ids": [run.id for run in runs],
         "x": x,
         "max_points": max_points,
         "columns": [{"key": key, "label": label, "kind": kind} for key, label, kind in COLUMNS],
         "table": rows,
-        "curves": _curves(session, runs, stats, raw, x, max_points, cache),
-        "groups": _seed_groups(runs, flats, rows),
+        "curves": curves,
+        "group_by": by,
+        "groups": groups,
+        "group_curves": group_curves(curves, groups) if by else {},
+        "parallel": view,
+        "importance": importance(view),
         "params": _param_charts(runs, flats, rows),
         "efficiency": _efficiency(rows),
         "diff": _diff(runs, flats),
@@ -101,6 +129,7 @@ def _curves(
     runs: Sequence[Run],
     stats: Mapping[int, Mapping[str, SeriesStats]],
     raw: dict[int, Raw],
+    rollups: Rollups,
     x: str,
     max_points: int,
     cache: SeriesCache,
@@ -123,6 +152,9 @@ def _curves(
         for run in present:
             cache_key = (*run_version(run), key, x, width)
             found = cache.get_series(cache_key)
+            fresh = found is None
+            if found is None and x == "step":
+                found = rollups.series(run.id, key, width)
             if found is None:
                 if run.id not in raw:
                     raw[run.id] = load_raw(session, run.id)
@@ -131,6 +163,7 @@ def _curves(
                     token_steps, tokens = raw[run.id][TOKENS_KEY]
                     xs = tokens_at(xs, token_steps, tokens)
                 found = (list(xs), list(ys)) if width is None else minmax_buckets(xs, ys, width)
+            if fresh:
                 cache.put_series(cache_key, found)
             series.append(found)
         # Each series with its own x: when downsampled they all sit on the chart's shared bucket positions, so

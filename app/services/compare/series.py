@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from app.services.compare.columns import STAT_KEYS
+from app.services.downsample import minmax_arrays
 from tunedeck_state.models import Run
+from tunedeck_state.rollups import Rollup, is_multiple, read_rollups
 
 # -- reading series ---------------------------------------------------------------------------------------
 
@@ -71,6 +74,43 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+class Rollups:
+    """The finished runs' rollups (tunedeck_state.rollups), read in one query the first time one is wanted."""
+
+    LIVE = ("queued", "running")
+
+    def __init__(self, session: Session, runs: Sequence[Run]) -> None:
+        self._session = session
+        self._wanted = [(run.id, run.attempt) for run in runs if run.status not in self.LIVE]
+        self._found: dict[int, dict[str, Rollup]] | None = None
+
+    def of(self, run_id: int) -> dict[str, Rollup]:
+        if self._found is None:
+            self._found = read_rollups(self._session, self._wanted)
+        return self._found.get(run_id, {})
+
+    def stats(self, run_id: int) -> dict[str, SeriesStats] | None:
+        found = self.of(run_id)
+        if not found:
+            return None
+        return {
+            key: SeriesStats(r.count, r.first_x, r.last_x, r.minimum, r.maximum, r.mean, r.last)
+            for key, r in found.items()
+        }
+
+    def series(self, run_id: int, key: str, width: float | None) -> tuple[list[float], list[float]] | None:
+        """The series on the chart's buckets (None: every point), from the rollup when it holds enough."""
+        rollup = self.of(run_id).get(key)
+        if rollup is None:
+            return None
+        xs, ys = np.frombuffer(rollup.xs, "<f8"), np.frombuffer(rollup.ys, "<f8")
+        if rollup.width == 0:
+            return (xs.tolist(), ys.tolist()) if width is None else minmax_arrays(xs, ys, width)
+        if width is not None and is_multiple(width, rollup.width):
+            return minmax_arrays(xs, ys, width)
+        return None  # finer than the rollup: every point is read
 
 
 def series_stats(raw: Raw) -> dict[str, SeriesStats]:

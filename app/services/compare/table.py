@@ -131,16 +131,30 @@ def _label(flat: Mapping[str, Any], paths: Sequence[str]) -> str:
     return " ".join(parts) or "all runs"
 
 
-def _seed_groups(runs: Sequence[Run], flats: Mapping[int, Mapping[str, Any]], rows: Sequence[dict[str, Any]]) -> Any:
-    """Runs that differ only in their seed, with the mean and spread of each number over the seeds."""
+def _seed_groups(
+    runs: Sequence[Run],
+    flats: Mapping[int, Mapping[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    group_by: Sequence[str] | None = None,
+) -> Any:
+    """Runs grouped, with the mean and spread of each number over each group: by default the runs that differ only
+    in their seed (none when no two do); with `group_by`, by their values of those config fields (e.g. method.r:
+    every rank's runs, whatever else differs), every group kept."""
     by_key: dict[str, list[int]] = defaultdict(list)
     for run in runs:
-        rest = {k: v for k, v in flats[run.id].items() if k != SEED_PATH}
-        by_key[repr(sorted(rest.items(), key=lambda item: item[0]))].append(run.id)
-    if all(len(ids) == 1 for ids in by_key.values()):
+        if group_by:
+            key = repr([flats[run.id].get(p) for p in group_by])
+        else:
+            rest = {k: v for k, v in flats[run.id].items() if k != SEED_PATH}
+            key = repr(sorted(rest.items(), key=lambda item: item[0]))
+        by_key[key].append(run.id)
+    if not group_by and all(len(ids) == 1 for ids in by_key.values()):
         return []
     row_of = {row["id"]: row for row in rows}
-    varied = _significant([p for p in differing_paths(flats.values()) if p != SEED_PATH], flats.values())
+    if group_by:
+        varied = list(group_by)
+    else:
+        varied = _significant([p for p in differing_paths(flats.values()) if p != SEED_PATH], flats.values())
     groups = []
     for ids in by_key.values():
         stats = {}

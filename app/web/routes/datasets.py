@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -15,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.services import datasets as dataset_service
 from app.services import token_lengths
 from app.web.deps import DatasetDep, SessionDep, load_dataset
+from app.web.schemas import UtcDateTime
 from runspec import DatasetSpec
 from runspec.base import StrictModel
 from runspec.datasets import FORMAT_HELP, DatasetFormat, PromptTemplate, format_columns
@@ -49,7 +49,7 @@ class DatasetOut(BaseModel):
     size_bytes: int | None
     sha256: str | None
     original_filename: str | None
-    created_at: datetime
+    created_at: UtcDateTime
     #: The run spec's `dataset` section that trains on it.
     spec: dict[str, Any]
 
@@ -198,7 +198,10 @@ def get_dataset(dataset: DatasetDep) -> Any:
 def preview(
     dataset: Dataset, model: str, template: str | None, max_length: int, rows: int, fmt: str | None = None
 ) -> dict[str, Any]:
-    spec = _spec_or_422(**{**_spec(dataset), "template": template, "format": fmt})
+    # Only what the caller chose overrides the stored section: a None must not drop the stored format (a text
+    # dataset previewed as alpaca found no instruction column).
+    chosen = {key: value for key, value in (("template", template), ("format", fmt)) if value is not None}
+    spec = _spec_or_422(**{**_spec(dataset), **chosen})
     answer = call_worker(
         PREVIEW_DATASET_TASK, spec.model_dump(mode="json"), model, max_length, rows, timeout=DATASET_RPC_TIMEOUT_SECONDS
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -11,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.services.estimates import FORM_TIMEOUT_SECONDS, EstimateUnavailable, estimate_spec
 from app.web.deps import RunDep, SessionDep
-from app.web.forms import errors_by_field, fields_for, spec_from_form
+from app.web.forms import FormConflict, errors_by_field, fields_for, spec_from_form
 from app.web.templating import templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from runspec.memory.measured import compare
@@ -118,11 +119,18 @@ async def estimate_block(request: Request, session: SessionDep) -> Response:
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
     device = form.get("_estimate.device") or None
     gib = (form.get("_estimate.memory_gib") or "").strip()
-    values = form_values(form)
-    values.setdefault("name", "estimate")  # a name is not needed to estimate
     context: dict[str, Any] = {}
     try:
-        memory = int(float(gib) * GIB) if gib else None
+        values = form_values(form)
+    except FormConflict as exc:
+        context["estimate_view"] = EstimateView(reason=f"the form is not complete yet ({exc.field}: {exc})")
+        return templates.TemplateResponse(request, "run_new.html", context, block_name="estimate")
+    values.setdefault("name", "estimate")  # a name is not needed to estimate
+    try:
+        number = float(gib) if gib else None
+        if number is not None and not (math.isfinite(number) and number > 0):  # inf would overflow the int
+            raise ValueError
+        memory = int(number * GIB) if number is not None else None
         if memory is not None and memory <= 0:
             raise ValueError
     except ValueError:

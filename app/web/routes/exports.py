@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from pydantic import Field, SecretStr, ValidationError
-from starlette.background import BackgroundTask
 
 from app.services import exports as export_service
 from app.web.deps import SessionDep, load_run
@@ -42,21 +40,16 @@ def download_export(run_id: int, kind: KindParam, session: SessionDep) -> Any:
     model card (README.md). 409 with the reason when the run has no such result."""
     run = load_run(session, run_id)
     folder, base = _folder_or_409(run, kind)
-    target = base / f".export-{uuid.uuid4().hex}.zip"
-    try:
-        export_service.write_zip(target, folder, base, export_service.model_card(run, kind))
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    return FileResponse(
-        target,
-        media_type="application/zip",
-        filename=export_service.zip_name(run, kind),
-        background=BackgroundTask(target.unlink, missing_ok=True),
-    )
+    # Built once per result (concurrent requests wait for the one build) and streamed from the run's folder.
+    target = export_service.cached_zip(folder, base, kind, export_service.model_card(run, kind))
+    return FileResponse(target, media_type="application/zip", filename=export_service.zip_name(run, kind))
 
 
-@api_router.get("/runs/{run_id}/model-card", response_class=PlainTextResponse)
+@api_router.get(
+    "/runs/{run_id}/model-card",
+    # Not response_class=PlainTextResponse: that would declare the JSON error answers as text/plain too.
+    responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}, "description": "the card"}},
+)
 def model_card(run_id: int, session: SessionDep, kind: KindParam = "adapter") -> Any:
     """The README.md an export of this kind carries (markdown)."""
     run = load_run(session, run_id)

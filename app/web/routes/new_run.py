@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from app.services.demo import DEMO_DATASET, DEMO_MODEL_DIRNAME
 from app.services.submit import submit_run
 from app.web.deps import SessionDep, load_run
-from app.web.forms import errors_by_field, fields_for, spec_from_form
+from app.web.forms import FormConflict, errors_by_field, fields_for, run_form_layout, shown_values, spec_from_form
+from app.web.presets import PRESETS, apply_preset
 from app.web.templating import is_htmx, templates
 from runspec import METHODS, DatasetSpec, PlacementSpec, RunSpec, TrainingSpec
 from runspec.spec import DEFAULT_DATASET, DEFAULT_MODEL
@@ -24,19 +25,19 @@ page_router = APIRouter()
 
 
 def _form_context(values: dict[str, Any], errors: dict[str, str] | None = None) -> dict[str, Any]:
+    values = shown_values(values)
+    errors = errors or {}
     method_values = values.get("method") or {}
     method_name = method_values.get("name", "lora")
     method_cls = METHODS.get(method_name, METHODS["lora"])
     return {
         "values": values,
-        "errors": errors or {},
+        "errors": errors,
         "methods": METHODS,
         "method_name": method_cls.model_fields["name"].default,
-        "method_fields": fields_for(method_cls, "method", method_values),
-        "dataset_fields": fields_for(DatasetSpec, "dataset", values.get("dataset"), skip=frozenset({"source"})),
-        "training_fields": fields_for(TrainingSpec, "training", values.get("training")),
-        "placement_fields": fields_for(PlacementSpec, "placement", values.get("placement")),
+        "layout": run_form_layout(values, errors, method_cls, DatasetSpec, TrainingSpec, PlacementSpec),
         "demo_sources": _demo_sources(),
+        "presets": PRESETS,
     }
 
 
@@ -53,23 +54,34 @@ def _demo_sources() -> dict[str, str]:
     return found
 
 
-def _default_values() -> dict[str, Any]:
+def _default_values(demo: dict[str, str]) -> dict[str, Any]:
+    """The hub defaults, or with `serve --demo` (once prepared) the demo's model and data."""
     return {
         "name": "",
-        "model": DEFAULT_MODEL,
-        "dataset": {"source": DEFAULT_DATASET},
+        "model": demo.get("model", DEFAULT_MODEL),
+        "dataset": {"source": demo.get("dataset", DEFAULT_DATASET)},
         "method": {"name": "lora"},
     }
 
 
 @page_router.get("/runs/new", response_class=HTMLResponse)
 def new_run_page(
-    request: Request, session: SessionDep, clone: int | None = None, dataset: int | None = None
+    request: Request,
+    session: SessionDep,
+    clone: int | None = None,
+    dataset: int | None = None,
+    preset: str | None = None,
 ) -> Response:
-    values = _default_values()
-    if clone is not None:
+    demo = _demo_sources() if get_settings().demo else {}
+    values = _default_values(demo)
+    if clone is not None:  # "Clone run" on a run's page, or "start from run #N" here
         source = load_run(session, clone)
         values = {**source.spec, "name": f"{source.name}-copy"}
+    if preset is not None:
+        if preset not in PRESETS:
+            known = ", ".join(PRESETS)
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no preset {preset!r}; the presets are {known}")
+        values = apply_preset(values, PRESETS[preset], keep_model="model" in demo)
     if dataset is not None:  # "Train on this" from a dataset's page
         from app.services import datasets as dataset_service
 
@@ -85,6 +97,7 @@ def method_fields(request: Request) -> Response:
     name = request.query_params.get("method.name", "lora")
     if name not in METHODS:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"unknown method {name!r}")
+    # The switch swaps the method's block (its main fields and its details), so only the method's values count.
     return templates.TemplateResponse(
         request, "run_new.html", _form_context({"method": {"name": name}}), block_name="method_fields"
     )
@@ -117,7 +130,10 @@ async def create_run_from_form(request: Request, session: SessionDep) -> Respons
             lists, bools = _field_kinds(model, prefix)
             list_fields |= lists
             bool_fields |= bools
-    values = spec_from_form(dict(form), frozenset(list_fields), frozenset(bool_fields))
+    try:
+        values = spec_from_form(dict(form), frozenset(list_fields), frozenset(bool_fields))
+    except FormConflict as exc:
+        return _refused_form(request, {}, {exc.field: str(exc)})
     try:
         spec = RunSpec.model_validate(values)
     except ValidationError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -12,12 +12,14 @@ from sqlalchemy.orm import Session
 
 from app.services import control
 from app.services import inference as inference_service
+from app.services import manage as manage_service
 from app.services.submit import submit_run
 from app.web.deps import RunDep, SessionDep, load_run
 from app.web.schemas import LogLine, MetricSeries, RunDetail, RunList, RunOut
 from app.web.templating import templates
 from runspec import METHODS, RunSpec
 from tunedeck_state import runs as run_service
+from tunedeck_state.labels import tag_problem
 from tunedeck_state.models import Run, RunStatus
 
 api_router = APIRouter(tags=["runs"])
@@ -43,7 +45,11 @@ SORT_LABELS = {
     "eval_loss": "lowest eval loss",
     "-train_loss": "highest train loss",
     "-eval_loss": "highest eval loss",
+    "-disk": "most disk used",
+    "disk": "least disk used",
 }
+#: The runs list's archive filter: "" hides archived runs (the default), "yes" shows only them, "all" both.
+ARCHIVED_CHOICES = {"": False, "no": False, "yes": True, "all": None}
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class RunsQuery:
     name: str | None
     sort: str
     page: int
+    tag: str | None = None
+    archived: str | None = None
 
     def url(self, path: str = "/", **changes: Any) -> str:
         values = {**asdict(self), **changes}
@@ -69,6 +77,8 @@ def runs_query(
     name: Annotated[str | None, Query(max_length=100)] = None,
     sort: Annotated[str | None, Query(max_length=16)] = None,
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    tag: Annotated[str | None, Query(max_length=32)] = None,
+    archived: Annotated[str | None, Query(max_length=8)] = None,
 ) -> RunsQuery:
     statuses = [s.value for s in RunStatus]
     if status_ and status_ not in statuses:
@@ -77,7 +87,14 @@ def runs_query(
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"sort must be one of {', '.join(run_service.SORT_CHOICES)}"
         )
-    return RunsQuery(status_ or None, method or None, (name or "").strip() or None, sort or "-created", page)
+    if (archived or "") not in ARCHIVED_CHOICES:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "archived must be one of no, yes, all")
+    tag = (tag or "").strip() or None
+    if tag and (problem := tag_problem(tag)):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"tag: {problem}")
+    return RunsQuery(
+        status_ or None, method or None, (name or "").strip() or None, sort or "-created", page, tag, archived or None
+    )
 
 
 RunsQueryDep = Annotated[RunsQuery, Depends(runs_query)]
@@ -90,6 +107,8 @@ def _runs_context(session: Session, query: RunsQuery) -> dict[str, Any]:
         status=query.status,
         method=query.method,
         name=query.name,
+        tag=query.tag,
+        archived=ARCHIVED_CHOICES[query.archived or ""],
         sort=query.sort,
         limit=RUNS_PER_PAGE,
         offset=(query.page - 1) * RUNS_PER_PAGE,
@@ -106,7 +125,7 @@ def _runs_context(session: Session, query: RunsQuery) -> dict[str, Any]:
         "statuses": [s.value for s in RunStatus],
         "methods": list(METHODS),
         "sorts": SORT_LABELS,
-        "filtered": bool(query.status or query.method or query.name),
+        "filtered": bool(query.status or query.method or query.name or query.tag or query.archived),
     }
 
 
@@ -129,6 +148,7 @@ def _run_context(session: Session, run: Run) -> dict[str, Any]:
         "log_lines": run_service.log_tail(session, run.id, 30),
         "chart_groups": CHART_GROUPS,
         "inference": inference_service.page_context(run),
+        "used_by": manage_service.sweeps_using(session, [run.id]).get(run.id, []),
     }
 
 
@@ -177,6 +197,10 @@ def list_runs(
     status_: Annotated[RunStatus | None, Query(alias="status")] = None,
     method: Annotated[str | None, Query(max_length=32)] = None,
     name: Annotated[str | None, Query(max_length=100, description="Runs whose name contains this (any case).")] = None,
+    tag: Annotated[str | None, Query(max_length=32, description="Runs with this tag.")] = None,
+    archived: Annotated[
+        Literal["false", "true", "any"], Query(description="false: hide archived runs (the default); true: only them.")
+    ] = "false",
     sort: Annotated[
         str,
         Query(
@@ -194,6 +218,8 @@ def list_runs(
         status=status_.value if status_ else None,
         method=method,
         name=name,
+        tag=tag,
+        archived={"false": False, "true": True, "any": None}[archived],
         sort=sort,
         limit=limit,
         offset=offset,
@@ -236,7 +262,7 @@ def cancel_run(run: RunDep, session: SessionDep) -> Any:
 
 @api_router.post("/runs/{run_id}/resume", response_model=RunDetail)
 def resume_run(run: RunDep, session: SessionDep) -> Any:
-    """Queue a failed or cancelled run again (attempt + 1); it continues from its last complete checkpoint."""
+    """Queue a failed, cancelled or pruned run again (attempt + 1); it continues from its last complete checkpoint."""
     run_id = run.id
     try:
         control.resume(session, run_id)

@@ -4,8 +4,8 @@ tables refresh as htmx fragments."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -13,9 +13,11 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.services import sweep_search
 from app.services import sweeps as sweep_service
 from app.services.sweeps import SweepInvalid, SweepRequest
 from app.web.deps import SessionDep, SweepDep
+from app.web.schemas import Problem, UtcDateTime
 from app.web.templating import is_htmx, templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from tunedeck_state import runs as run_service
@@ -38,12 +40,14 @@ class SweepRunOut(BaseModel):
     final_train_loss: float | None
     final_eval_loss: float | None
     error: str | None
+    prune_reason: str | None
+    params: dict[str, Any] | None
 
 
 class SweepOut(BaseModel):
     id: int
     name: str
-    created_at: datetime
+    created_at: UtcDateTime
     state: str
     progress: float
     total: int
@@ -54,12 +58,23 @@ class SweepOut(BaseModel):
     runs: list[SweepRunOut]
     compare_url: str
     page_url: str
+    strategy: str
+    max_runs: int | None
+    steps_saved: int
+    tags: list[str] = []
+    notes: str | None = None
+    archived: bool = False
 
 
 class SweepPreview(BaseModel):
     count: int
     names: list[str]
     varied: list[str]
+    strategy: str = "grid"
+    space: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None
+    objective: dict[str, Any] | None = None
+    pruner: dict[str, Any] | None = None
 
 
 def sweep_out(sweep: Sweep) -> dict[str, Any]:
@@ -78,6 +93,8 @@ def sweep_out(sweep: Sweep) -> dict[str, Any]:
             "final_train_loss": m.run.final_train_loss,
             "final_eval_loss": m.run.final_eval_loss,
             "error": m.run.error,
+            "prune_reason": m.run.prune_reason,
+            "params": (m.trial or {}).get("params"),
         }
         for m in sweep.members
     ]
@@ -96,6 +113,12 @@ def sweep_out(sweep: Sweep) -> dict[str, Any]:
         "runs": runs,
         "compare_url": f"/api/compare?sweep_id={sweep.id}",
         "page_url": f"/sweeps/{sweep.id}",
+        "strategy": sweep.strategy or "grid",
+        "max_runs": summary.max_runs,
+        "steps_saved": summary.steps_saved,
+        "tags": sweep.tags or [],
+        "notes": sweep.notes,
+        "archived": bool(sweep.archived),
     }
 
 
@@ -119,13 +142,20 @@ def invalid_response(exc: SweepInvalid) -> JSONResponse:
     "/sweeps",
     status_code=status.HTTP_201_CREATED,
     response_model=SweepOut,
-    responses={422: {"description": "an expanded run is invalid: detail names its run_index and field"}},
+    responses={
+        422: {"model": Problem, "description": "an expanded run is invalid: detail names its run_index and field"}
+    },
 )
 def create_sweep(request: SweepRequest, session: SessionDep) -> Any:
-    """Expand the grid (× overrides), validate every run, store them and queue the new ones. Runs identical
-    to one that already succeeded (or is queued or running) are reused unless `rerun` is true."""
+    """Grid: expand the grid (× overrides), validate every run, store them and queue the new ones. Runs identical
+    to one that already succeeded (or is queued or running) are reused unless `rerun` is true.
+    Random / TPE: check the space, store the sweep and queue its first budget.max_concurrent trials; the next
+    ones are asked as runs end."""
     try:
-        sweep = sweep_service.create_sweep(session, request)
+        if request.strategy == "grid":
+            sweep = sweep_service.create_sweep(session, sweep_search.grid_from_space(request))
+        else:
+            sweep = sweep_search.create_search_sweep(session, request)
     except SweepInvalid as exc:
         session.rollback()
         return invalid_response(exc)
@@ -134,9 +164,12 @@ def create_sweep(request: SweepRequest, session: SessionDep) -> Any:
 
 @api_router.post("/sweeps/preview", response_model=SweepPreview)
 def preview_sweep(request: SweepRequest) -> Any:
-    """How many runs the request makes and their names, validated, without launching anything."""
+    """How many runs the request makes and their names (a search: its space and budget), validated, without
+    launching anything."""
     try:
-        plan = sweep_service.plan_sweep(request)
+        if request.strategy != "grid":
+            return sweep_search.describe(request)
+        plan = sweep_service.plan_sweep(sweep_search.grid_from_space(request))
     except SweepInvalid as exc:
         return invalid_response(exc)
     return {"count": len(plan.runs), "names": [p.spec.name for p in plan.runs], "varied": plan.varied}
@@ -147,8 +180,13 @@ def list_sweeps(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    archived: Annotated[
+        Literal["false", "true", "any"],
+        Query(description="false: hide archived sweeps (the default); true: only them."),
+    ] = "false",
 ) -> Any:
-    return [sweep_out(s) for s in sweep_service.list_sweeps(session, limit=limit, offset=offset)]
+    chosen = {"false": False, "true": True, "any": None}[archived]
+    return [sweep_out(s) for s in sweep_service.list_sweeps(session, limit=limit, offset=offset, archived=chosen)]
 
 
 @api_router.get("/sweeps/{sweep_id}", response_model=SweepOut)
@@ -173,10 +211,10 @@ def _sweep_rows(sweeps: list[Sweep]) -> list[dict[str, Any]]:
 
 
 @page_router.get("/sweeps", response_class=HTMLResponse)
-def sweeps_page(request: Request, session: SessionDep) -> Response:
-    rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200))
+def sweeps_page(request: Request, session: SessionDep, archived: bool = False) -> Response:
+    rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200, archived=archived))
     block = "sweeps_table" if is_htmx(request) else None
-    return templates.TemplateResponse(request, "sweeps.html", {"rows": rows}, block_name=block)
+    return templates.TemplateResponse(request, "sweeps.html", {"rows": rows, "archived": archived}, block_name=block)
 
 
 def _sweep_context(sweep: Sweep) -> dict[str, Any]:
@@ -189,9 +227,14 @@ def _sweep_context(sweep: Sweep) -> dict[str, Any]:
 
 
 @page_router.get("/sweeps/{sweep_id:int}", response_class=HTMLResponse)
-def sweep_page(request: Request, sweep: SweepDep) -> Response:
+def sweep_page(
+    request: Request, sweep: SweepDep, group_by: str | None = None, objective: str | None = None
+) -> Response:
     block = "sweep_live" if is_htmx(request) else None
-    return templates.TemplateResponse(request, "sweep.html", _sweep_context(sweep), block_name=block)
+    # the comparison's view parameters, passed on to GET /api/compare (which checks them)
+    view = urlencode({k: v for k, v in {"group_by": group_by, "objective": objective}.items() if v}, safe=",")
+    context = {**_sweep_context(sweep), "view_query": "&" + view if view else ""}
+    return templates.TemplateResponse(request, "sweep.html", context, block_name=block)
 
 
 @page_router.post("/sweeps/{sweep_id:int}/cancel", response_class=HTMLResponse)
@@ -311,6 +354,9 @@ def _request_from_form(form: dict[str, Any]) -> tuple[dict[str, Any], SweepReque
             raise ValueError("the base spec must be a JSON object")
     except ValueError as exc:
         problems.append({"run_index": None, "run_name": None, "field": "base", "msg": f"not valid JSON: {exc}"})
+        base = {}
+    except RecursionError:  # json.loads of "[[[[…" thousands deep
+        problems.append({"run_index": None, "run_name": None, "field": "base", "msg": sweep_service.TOO_DEEP})
         base = {}
     grid: dict[str, list[Any]] = {}
     for row in vary:

@@ -7,12 +7,15 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.services.memory_accuracy import accuracy_by_gpu
 from app.web.deps import SessionDep
 from app.web.templating import templates
+from tunedeck_state import disk
 from tunedeck_state import workers as worker_service
+from tunedeck_state.models import Run
 from tunedeck_state.settings import get_settings
 
 api_router = APIRouter(tags=["workers"])
@@ -80,7 +83,14 @@ def memory_accuracy(session: SessionDep) -> list[dict[str, Any]]:
 
 @page_router.get("/workers", response_class=HTMLResponse)
 def workers_page(request: Request, session: SessionDep) -> Response:
-    context = {"workers": _views(session), "accuracy": accuracy_by_gpu(session)}
+    settings = get_settings()
+    context = {
+        "workers": _views(session),
+        "storage": disk.data_dir_usage(settings),
+        "runs_disk_bytes": session.scalar(select(func.coalesce(func.sum(Run.disk_bytes), 0))),
+        "keep_checkpoints": settings.keep_checkpoints,
+        "accuracy": accuracy_by_gpu(session),
+    }
     return templates.TemplateResponse(request, "workers.html", context)
 
 

@@ -1,0 +1,280 @@
+// The views that explain a sweep, drawn from GET /api/compare's `parallel`, `importance`, `groups` and
+// `group_curves`: parallel coordinates (SVG; drag along an axis to brush it, which hides the table's other rows),
+// parameter importances (bars), grouping by any config field (mean ± std curves). The page's URL holds the view:
+// group_by, objective, axes (the parameter axes shown) and brush (axis:low:high, ;-separated), so it can be shared.
+(function () {
+  const root = document.getElementById("compare");
+  if (!root) return;
+  const $ = (id) => document.getElementById(id);
+  const SVG = "http://www.w3.org/2000/svg";
+  const url = new URL(location.href);
+  const view = {
+    brush: parseBrush(url.searchParams.get("brush")),
+    axes: url.searchParams.get("axes") ? url.searchParams.get("axes").split(",") : null,
+    selected: null, // run ids inside every brush (null: no brush)
+  };
+
+  function parseBrush(text) {
+    const out = {};
+    for (const part of (text || "").split(";")) {
+      const bits = part.split(":");
+      if (bits.length === 3 && isFinite(+bits[1]) && isFinite(+bits[2])) out[bits[0]] = [+bits[1], +bits[2]];
+    }
+    return out;
+  }
+  function writeUrl() {
+    const u = new URL(location.href);
+    const brush = Object.entries(view.brush).map(([k, [a, b]]) => `${k}:${+a.toPrecision(6)}:${+b.toPrecision(6)}`).join(";");
+    brush ? u.searchParams.set("brush", brush) : u.searchParams.delete("brush");
+    view.axes ? u.searchParams.set("axes", view.axes.join(",")) : u.searchParams.delete("axes");
+    history.replaceState(null, "", u);
+  }
+  function setParam(name, value) {
+    // group_by and objective change the answer: the API query and the page's URL both carry them
+    const q = new URLSearchParams(root.dataset.query);
+    const u = new URL(location.href);
+    for (const params of [q, u.searchParams]) value ? params.set(name, value) : params.delete(name);
+    root.dataset.query = q.toString().replace(/%2C/g, ",");
+    history.replaceState(null, "", u);
+  }
+
+  // -- parallel coordinates ---------------------------------------------------------------------------
+  function scaleOf(axis, height) {
+    const top = 24, bottom = height - 28;
+    if (axis.type === "category") {
+      const n = axis.categories.length;
+      const pos = (v) => bottom - ((axis.categories.indexOf(v) + 0.5) / n) * (bottom - top);
+      return { pos, top, bottom, invert: null };
+    }
+    const f = axis.log ? Math.log : (v) => v;
+    const lo = axis.min == null ? 0 : f(axis.min), hi = axis.max == null ? 1 : f(axis.max);
+    const span = hi - lo || 1;
+    const pos = (v) => bottom - ((f(v) - lo) / span) * (bottom - top);
+    const invert = (y) => { const t = lo + ((bottom - y) / (bottom - top)) * span; return axis.log ? Math.exp(t) : t; };
+    return { pos, top, bottom, invert };
+  }
+  function node(tag, attrs) {
+    const n = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) n.setAttribute(k, v);
+    return n;
+  }
+  function inBrush(axis, value, [a, b]) {
+    if (value == null) return false;
+    if (axis.type === "category") {
+      const i = axis.categories.indexOf(value), n = axis.categories.length;
+      const pos = (i + 0.5) / n; // brushes on category axes are kept in [0, 1] of the axis
+      return pos >= Math.min(a, b) && pos <= Math.max(a, b);
+    }
+    return value >= Math.min(a, b) && value <= Math.max(a, b);
+  }
+
+  function drawParallel(data, ctx) {
+    const container = $("cmp-parallel");
+    container.replaceChildren();
+    const par = data.parallel;
+    const params = par.axes.filter((a) => a.kind === "param");
+    if (!params.length) {
+      container.append(ctx.el("p", { class: "muted", text: "The runs share every parameter: nothing to draw." }));
+      view.selected = null;
+      return;
+    }
+    // the axes picker: which parameter axes are shown (kept in the URL)
+    const shownKeys = view.axes ? params.filter((a) => view.axes.includes(a.key)).map((a) => a.key) : params.map((a) => a.key);
+    const picker = ctx.el("div", { class: "compare-controls", id: "cmp-axes" });
+    for (const a of params) {
+      const box = ctx.el("input", { type: "checkbox", checked: shownKeys.includes(a.key), "data-axis": a.key });
+      box.addEventListener("change", () => {
+        const keys = [...picker.querySelectorAll("input:checked")].map((i) => i.dataset.axis);
+        view.axes = keys.length === params.length ? null : keys;
+        writeUrl();
+        drawParallel(data, ctx);
+        filterTable();
+      });
+      picker.append(ctx.el("label", {}, box, " " + a.key));
+    }
+    container.append(picker);
+    const axes = [...params.filter((a) => shownKeys.includes(a.key)), ...par.axes.filter((a) => a.kind === "metric")];
+    const width = Math.max(480, container.clientWidth || 800), height = 300;
+    const gap = (width - 80) / Math.max(1, axes.length - 1);
+    const svg = node("svg", { width, height, id: "cmp-parallel-svg", class: "parallel" });
+    const scales = axes.map((a) => scaleOf(a, height));
+    const xOf = (i) => 40 + i * gap;
+    const order = new Map(data.run_ids.map((id, i) => [id, i]));
+    const lines = new Map();
+    for (const p of par.points) {
+      const pts = axes.map((a, i) => (p.values[a.key] == null ? null : `${xOf(i)},${scales[i].pos(p.values[a.key])}`));
+      const path = node("polyline", {
+        points: pts.filter(Boolean).join(" "),
+        fill: "none",
+        stroke: ctx.color(order.get(p.run_id)),
+        "stroke-width": p.run_id === par.best_run_id ? 3 : 1.5,
+        "data-run-id": String(p.run_id),
+      });
+      const tip = node("title");
+      tip.textContent = `#${p.run_id} ${p.name}`;
+      path.append(tip);
+      svg.append(path);
+      lines.set(p.run_id, path);
+    }
+    axes.forEach((axis, i) => {
+      const s = scales[i], x = xOf(i);
+      const g = node("g", { class: "axis", "data-axis": axis.key });
+      g.append(node("line", { x1: x, x2: x, y1: s.top, y2: s.bottom, stroke: "#374151" }));
+      const title = node("text", { x, y: 14, "text-anchor": "middle", "font-size": 12, "font-weight": axis.kind === "metric" ? "bold" : "normal" });
+      title.textContent = axis.kind === "metric" ? `${axis.label} (${axis.lower_is_better ? "lower" : "higher"} is better)` : axis.label;
+      g.append(title);
+      const ticks = axis.type === "category" ? axis.categories : axis.min == null ? [] : [axis.min, axis.max];
+      for (const t of ticks) {
+        const label = node("text", { x: x + 4, y: s.pos(t) + 4, "font-size": 10, fill: "#4b5563" });
+        label.textContent = axis.type === "category" ? t : ctx.formatNumber(t);
+        g.append(label);
+      }
+      // the brush: drag along the axis; a click without a drag clears it
+      const hit = node("rect", { x: x - 10, y: s.top, width: 20, height: s.bottom - s.top, fill: "transparent", cursor: "ns-resize", class: "brush-area" });
+      const band = node("rect", { x: x - 7, width: 14, fill: "rgba(37,99,235,0.25)", stroke: "#2563eb", class: "brush", visibility: "hidden" });
+      g.append(band, hit);
+      const toValue = (y) => (axis.type === "category" ? (s.bottom - y) / (s.bottom - s.top) : s.invert(y));
+      const toY = (v) => (axis.type === "category" ? s.bottom - v * (s.bottom - s.top) : s.pos(v));
+      const show = () => {
+        const b = view.brush[axis.key];
+        if (!b) return band.setAttribute("visibility", "hidden");
+        const [y0, y1] = [toY(b[0]), toY(b[1])];
+        band.setAttribute("y", Math.min(y0, y1));
+        band.setAttribute("height", Math.max(2, Math.abs(y1 - y0)));
+        band.setAttribute("visibility", "visible");
+      };
+      hit.addEventListener("pointerdown", (event) => {
+        const box = svg.getBoundingClientRect();
+        const y0 = event.clientY - box.top;
+        let moved = false;
+        hit.setPointerCapture(event.pointerId);
+        const move = (e) => {
+          const y = Math.min(s.bottom, Math.max(s.top, e.clientY - box.top));
+          moved = moved || Math.abs(y - y0) > 2;
+          if (moved) view.brush[axis.key] = [toValue(y0), toValue(y)];
+          show();
+          apply();
+        };
+        const up = () => {
+          hit.removeEventListener("pointermove", move);
+          hit.removeEventListener("pointerup", up);
+          if (!moved) delete view.brush[axis.key];
+          show();
+          apply();
+          writeUrl();
+        };
+        hit.addEventListener("pointermove", move);
+        hit.addEventListener("pointerup", up);
+      });
+      show();
+      svg.append(g);
+    });
+    const apply = () => {
+      const active = Object.keys(view.brush).filter((k) => axes.some((a) => a.key === k));
+      if (!active.length) view.selected = null;
+      else
+        view.selected = new Set(
+          par.points
+            .filter((p) => active.every((k) => inBrush(axes.find((a) => a.key === k), p.values[k], view.brush[k])))
+            .map((p) => p.run_id),
+        );
+      for (const [id, line] of lines) line.setAttribute("stroke-opacity", !view.selected || view.selected.has(id) ? 1 : 0.08);
+      svg.dataset.selected = view.selected ? [...view.selected].join(",") : "";
+      filterTable();
+    };
+    container.append(svg);
+    apply();
+  }
+
+  function filterTable() {
+    const table = $("cmp-runs-table");
+    if (!table) return;
+    let shown = 0;
+    for (const row of table.tBodies[0].rows) {
+      row.hidden = !!view.selected && !view.selected.has(Number(row.dataset.runId));
+      if (!row.hidden) shown += 1;
+    }
+    table.dataset.shown = String(shown);
+  }
+
+  // -- importances --------------------------------------------------------------------------------------
+  function drawImportance(data, ctx) {
+    const container = $("cmp-importance");
+    const imp = data.importance;
+    if (!imp.params.length) {
+      container.replaceChildren(ctx.el("p", { class: "muted", text: `Parameter importance: ${imp.reason || "nothing to rank"}.` }));
+      return;
+    }
+    const rows = imp.params.map((p) =>
+      ctx.el(
+        "tr",
+        { "data-param": p.key },
+        ctx.el("td", {}, ctx.el("code", { text: p.key })),
+        ctx.el("td", { class: "importance" }, ctx.el("span", { class: "bar", style: `width:${Math.round(p.importance * 100)}%` })),
+        ctx.el("td", { class: "num", text: (100 * p.importance).toFixed(1) + "%" }),
+      ),
+    );
+    const note = `${imp.evaluator}, ${imp.trials} runs with ${imp.objective}` + (imp.left_out.length ? `; left out (not in every run): ${imp.left_out.join(", ")}` : "");
+    container.replaceChildren(
+      ctx.el("table", { class: "runs", id: "cmp-importance-table" }, ctx.el("tbody", {}, ...rows)),
+      ctx.el("p", { class: "muted", text: note }),
+    );
+  }
+
+  // -- grouping ---------------------------------------------------------------------------------------
+  function drawGroupControls(data) {
+    const group = $("cmp-group-by"), objective = $("cmp-objective");
+    const current = (data.group_by || []).join(",");
+    const fields = [...new Set([...data.diff.fields.filter((f) => f !== "name"), ...(data.group_by || [])])];
+    group.replaceChildren(new Option("runs differing only in seed", ""), ...fields.map((f) => new Option(f, f, false, f === current)));
+    group.value = current;
+    objective.replaceChildren(...data.efficiency.metrics.map((m) => new Option(m.label, m.key, false, m.key === data.parallel.objective.key)));
+    objective.value = data.parallel.objective.key;
+  }
+
+  function drawGroupCurves(data, ctx) {
+    const container = $("cmp-group-curves");
+    container.replaceChildren();
+    for (const [key, groups] of Object.entries(data.group_curves || {})) {
+      const xs = [...new Set(groups.flatMap((g) => g.x))].sort((a, b) => a - b);
+      const slot = new Map(xs.map((x, i) => [x, i]));
+      const columns = [], series = [{ label: "step" }], bands = [];
+      groups.forEach((g, i) => {
+        const mean = new Array(xs.length).fill(null), lo = mean.slice(), hi = mean.slice();
+        g.x.forEach((x, j) => {
+          const at = slot.get(x);
+          if (g.mean[j] == null) return;
+          mean[at] = g.mean[j];
+          lo[at] = g.mean[j] - g.std[j];
+          hi[at] = g.mean[j] + g.std[j];
+        });
+        const base = columns.length + 1;
+        columns.push(mean, hi, lo);
+        series.push(
+          { label: `${g.label} (n=${g.run_ids.length})`, stroke: ctx.color(i), width: 1.5, spanGaps: true, value: (u, v) => ctx.formatNumber(v) },
+          { label: "+std", stroke: "transparent", spanGaps: true, show: true },
+          { label: "−std", stroke: "transparent", spanGaps: true, show: true },
+        );
+        bands.push({ series: [base + 1, base + 2], fill: ctx.color(i) + "33" });
+      });
+      const { fig, body } = ctx.figure(container, `${key}: mean ± std by group`, { "data-key": key, "data-groups": String(groups.length) });
+      ctx.plot(fig, body, { legend: { show: groups.length <= 8 }, scales: { x: { time: false } }, series, bands }, [xs, ...columns]);
+    }
+  }
+
+  let wired = false;
+  function render(data, ctx) {
+    drawGroupControls(data);
+    drawParallel(data, ctx);
+    drawImportance(data, ctx);
+    drawGroupCurves(data, ctx);
+    if (!wired) {
+      wired = true;
+      $("cmp-group-by").addEventListener("change", (e) => { setParam("group_by", e.target.value); ctx.reload(); });
+      $("cmp-objective").addEventListener("change", (e) => { setParam("objective", e.target.value); ctx.reload(); });
+    }
+    root.dataset.viewsDrawn = "true";
+  }
+
+  window.TunedeckViews = { render, filterTable };
+})();

@@ -1,0 +1,140 @@
+"""Disk: what a run's folder holds, the data directory's space, and deleting run folders so that the rows and the
+files always agree.
+
+* `folder_bytes(path)`: the bytes of the files below a folder (links not followed).
+* `record_disk_bytes(session, settings, run_id)`: measure a run's folder into runs.disk_bytes (the list sorts on the
+  column); the worker calls it after each checkpoint and at the end, the deletes of checkpoints after them.
+* `data_dir_usage(settings)`: total, used and free bytes of the filesystem holding the data directory.
+* Deleting (`TrashedRun`): a run's folder is first *renamed* into data/runs/.trash (one atomic step on the same
+  filesystem), then its rows are deleted and committed, then the renamed folder is removed. A process that dies
+  before the commit leaves the rows and a trashed folder, which `settle_trash` puts back; one that dies after it
+  leaves only a trashed folder, which `settle_trash` removes. Either way the delete can be retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tunedeck_state.models import Run
+from tunedeck_state.paths import run_dir
+from tunedeck_state.settings import Settings
+
+TRASH = ".trash"
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of every regular file below `path` (0 when it does not exist); symbolic links are not followed."""
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(path, followlinks=False):
+        for name in filenames:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(dirpath, name))
+                if not os.path.islink(os.path.join(dirpath, name)):
+                    total += info.st_size
+    return total
+
+
+def record_disk_bytes(session: Session, settings: Settings, run_id: int) -> int:
+    """Measure the run's folder and store it on the run's row (in the session's transaction)."""
+    size = folder_bytes(run_dir(settings, run_id))
+    session.execute(
+        update(Run).where(Run.id == run_id).values(disk_bytes=size).execution_options(synchronize_session=False)
+    )
+    return size
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    path: str
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+
+
+def data_dir_usage(settings: Settings) -> DiskUsage | None:
+    """The filesystem of the data directory (None when it cannot be read)."""
+    folder = settings.resolved_data_dir
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return None
+    return DiskUsage(str(folder), usage.total, usage.used, usage.free)
+
+
+def trash_dir(settings: Settings) -> Path:
+    return settings.runs_dir / TRASH
+
+
+def _stamp(run: Run) -> str:
+    """Tells a deleted run from a later one given the same id (SQLite reuses the highest deleted id)."""
+    if run.created_at is None:
+        return "0"
+    created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=UTC)
+    return str(int(created.timestamp() * 1_000_000))
+
+
+@dataclass
+class TrashedRun:
+    run_id: int
+    bytes: int
+    original: Path
+    trashed: Path | None
+
+    def restore(self) -> None:
+        """Undo the move (the rows were not deleted after all)."""
+        if self.trashed is not None and self.trashed.exists() and not self.original.exists():
+            self.trashed.rename(self.original)
+
+    def purge(self) -> None:
+        if self.trashed is not None:
+            shutil.rmtree(self.trashed, ignore_errors=True)
+
+
+def trash_run_folder(settings: Settings, run: Run) -> TrashedRun:
+    """Move the run's folder aside (measured first); nothing to move when it has none."""
+    original = run_dir(settings, run.id)
+    if not original.exists():
+        return TrashedRun(run.id, 0, original, None)
+    size = folder_bytes(original)
+    trash = trash_dir(settings)
+    trash.mkdir(parents=True, exist_ok=True)
+    target = trash / f"run-{run.id}-{_stamp(run)}-{uuid.uuid4().hex[:8]}"
+    original.rename(target)
+    return TrashedRun(run.id, size, original, target)
+
+
+def settle_trash(
+    settings: Settings, session: Session, on_error: Callable[[Path, Exception], None] | None = None
+) -> int:
+    """Finish what an interrupted delete left: a trashed folder whose run still exists goes back, the rest is
+    removed. Returns how many entries were settled."""
+    trash = trash_dir(settings)
+    if not trash.is_dir():
+        return 0
+    settled = 0
+    for entry in trash.iterdir():
+        parts = entry.name.split("-")
+        run = None
+        if len(parts) == 4 and parts[0] == "run" and parts[1].isdigit():
+            run = session.scalar(select(Run).where(Run.id == int(parts[1])))
+        try:
+            if run is not None and _stamp(run) == parts[2] and not run_dir(settings, run.id).exists():
+                entry.rename(run_dir(settings, run.id))
+            else:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        except OSError as exc:
+            if on_error:
+                on_error(entry, exc)
+            continue
+        settled += 1
+    return settled
