@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install run test test-fast lint format bench browser clean
+.PHONY: install run test test-fast lint format bench bench-gpu browser clean
 
 install: $(STAMP)
 
@@ -40,6 +40,13 @@ format: install
 
 bench: install browser
 	$(PY) -m bench
+
+# One GPU, at most 8 minutes, no downloads: tunedeck's training path against the plain recipe on Llama-3.2-1B,
+# Qwen2.5-1.5B and bloom-1b4 shapes (bench/gpu_train.py). No `install` step: it runs in whatever environment has
+# the GPU build of torch (PY=python to use the one on PATH). Results: $(BENCH_OUT)/gpu-train.{json,md}.
+BENCH_OUT ?= $(or $(OUT),bench-results)
+bench-gpu:
+	$(PY) -m bench.gpu_train --out $(BENCH_OUT)
 
 clean:
 	rm -rf data .cache .pytest_cache .mypy_cache .ruff_cache

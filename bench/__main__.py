@@ -29,6 +29,7 @@ BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
 EXTRA: tuple[tuple[str, list[str]], ...] = (
     ("bench.compare_api", []),  # the comparison alone (bench.dashboard measures it at 10,000 runs)
     ("bench.load_submit", []),  # 200 submissions at once (8-10 minutes)
+    ("bench.gpu_train", []),  # make bench-gpu: one GPU, real shapes, about 5 minutes (exit 2 without a GPU)
 )
 
 

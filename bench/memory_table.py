@@ -79,7 +79,8 @@ def build_table() -> str:
             )
     notes = [
         "",
-        f"GiB; batch {BATCH} × {LENGTH} tokens, bf16 autocast on one CUDA GPU, "
+        f"GiB; batch {BATCH} × {LENGTH} tokens, bf16 autocast on one CUDA GPU (the PEFT methods' frozen base "
+        "loaded in bf16, full fine-tuning with fp32 master weights; Bloom has no Liger kernels), "
         "fused AdamW (`training.optim` default, which updates in place), "
         "no gradient checkpointing. The components are their full sizes and are not all resident at once: "
         "gradients are allocated during backward while activations are freed, so the peak is the largest moment "

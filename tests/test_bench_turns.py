@@ -7,7 +7,7 @@ import threading
 from collections import Counter
 from itertools import pairwise
 
-from bench.train_vs_recipe import Turns
+from bench.train.timing import Turns
 
 
 def test_turns_alternate_so_each_variant_follows_each_other_equally() -> None:

@@ -178,10 +178,10 @@ def test_components_follow_the_run_settings() -> None:
     lora_lines = {ln.key: ln for ln in lora.lines}
     assert lora_lines["activations"].bytes < 0.9 * lines["activations"].bytes
     assert 8 * lora.trainable_params < lora_lines["optimizer"].bytes < 8 * lora.trainable_params + 4 * 1000
-    # QLoRA: linear layers at ≈4.13 bits, embeddings and norms stay fp32.
+    # QLoRA: linear layers at ≈4.13 bits, embeddings and norms in the compute dtype (bf16 on a GPU).
     qlora = estimate_memory(_spec({"name": "qlora"}), _bloom_profile(size, {"name": "qlora"}))
     linear = full_profile["quantizable_linear_params"]
-    expected = linear * 4.127 / 8 + (total - linear) * 4
+    expected = linear * 4.127 / 8 + (total - linear) * 2 + qlora.trainable_params * 4  # fp32 adapters
     assert _within({ln.key: ln for ln in qlora.lines}["weights"].bytes, expected, 0.01)
     assert qlora.allocated_peak_bytes < lora.allocated_peak_bytes
 
@@ -345,6 +345,30 @@ def test_a_run_stores_its_estimate_and_what_it_used(sqlite_stack: Stack, tiny_as
             assert error.endswith("%") and abs(float(error.rstrip("%"))) <= 2.0, (label, error)
         fragment = client.get(f"/runs/{run['id']}/memory", headers=HX)
         assert fragment_root(fragment.text)["id"] == "run-memory"
+
+        # The run tokenized its dataset: a later estimate on the same rows uses the longest sample, not max_length.
+        longest = run["details"]["dataset"]["longest_tokens"]
+        longer = {**spec, "training": {**spec["training"], "max_length": 4 * longest}}
+        answer = client.post("/api/estimate", json=longer, params={"device": "cpu"}).json()
+        assert answer["seq_len"] == longest and "tokenized dataset" in answer["seq_len_source"], answer
+        everything = {**longer, "dataset": {**spec["dataset"], "max_samples": None}}  # rows it has not seen
+        answer = client.post("/api/estimate", json=everything, params={"device": "cpu"}).json()
+        assert answer["seq_len"] == 4 * longest and "training.max_length" in answer["seq_len_source"]
+
+
+def test_a_preview_bounds_the_length() -> None:
+    from app.services import token_lengths
+
+    spec = _spec({"name": "lora"}, max_length=512)
+    token_lengths.remember_preview(
+        spec.dataset, spec.model, {"lengths": {"max": 300}, "measured_rows": 20, "total_rows": 99}
+    )
+    assert token_lengths.length_for_estimate(None, spec)[0] is None  # 20 of 99 rows measured: no bound
+    first = RunSpec.model_validate({**spec.model_dump(), "dataset": {**spec.dataset.model_dump(), "max_samples": 20}})
+    seq_len, source = token_lengths.length_for_estimate(None, first)
+    assert seq_len == 300 and source and "preview" in source
+    assert estimate_memory(first, _bloom_profile("bloom-389m-zh", {"name": "lora"}), seq_len=seq_len).seq_len == 300
+    token_lengths.clear_previews()
 
 
 @pytest.mark.browser

@@ -15,11 +15,13 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.services.memory_accuracy import accuracy_on
+from app.services.token_lengths import length_for_estimate
 from runspec import METHODS, RunSpec
 from runspec.memory.estimate import estimate_memory
 from runspec.memory.report import Estimate
@@ -121,17 +123,21 @@ def _ask_worker(model: str, method: Mapping[str, Any], timeout: float | None) ->
     return Profile(profile=profile, device=answer.get("device"))
 
 
-def training_gpu(session: Session) -> tuple[int, str] | None:
-    """The largest GPU a live training worker reported in its heartbeat (nvidia-smi): bytes and a label."""
+def training_gpu(session: Session) -> tuple[int, str, str] | None:
+    """The largest GPU a live training worker reported in its heartbeat (nvidia-smi): bytes, a label, its name."""
 
-    best: tuple[int, str] | None = None
+    best: tuple[int, str, str] | None = None
     for worker in live_workers(session, get_settings().heartbeat_seconds):
         if TRAINING_QUEUE not in (worker.queues or "").split(","):
             continue
         for gpu in (worker.details or {}).get("gpus") or []:
             size = int(gpu.get("memory_total_bytes") or 0)
             if size and (best is None or size > best[0]):
-                best = (size, f"{gpu.get('name') or 'GPU'} of training worker {worker.name}")
+                best = (
+                    size,
+                    f"{gpu.get('name') or 'GPU'} of training worker {worker.name}",
+                    str(gpu.get("name") or ""),
+                )
     return best
 
 
@@ -156,13 +162,20 @@ def estimate_spec(
     if device_memory_bytes:
         source = "given"
     elif gpu is not None and kind == "cuda":
-        device_memory_bytes, source = gpu
+        device_memory_bytes, source, _ = gpu
     elif worker.get("kind") == kind and worker.get("memory_bytes"):
         device_memory_bytes = int(worker["memory_bytes"])
         source = f"{worker.get('name') or kind} reported by a worker"
+    seq_len, seq_len_source = length_for_estimate(session, spec)  # the dataset's longest sample, once known
     try:
         estimate = estimate_memory(
-            spec, found.profile, device=kind, device_memory_bytes=device_memory_bytes, device_source=source
+            spec,
+            found.profile,
+            device=kind,
+            device_memory_bytes=device_memory_bytes,
+            device_source=source,
+            seq_len=seq_len,
+            seq_len_source=seq_len_source,
         )
         if with_suggestions:
             estimate = with_suggestion(
@@ -170,7 +183,17 @@ def estimate_spec(
             )
     except EstimateError as exc:
         raise EstimateUnavailable(str(exc)) from None
-    return estimate
+    return _with_history(estimate, session, gpu[2] if gpu is not None and kind == "cuda" else None)
+
+
+def _with_history(estimate: Estimate, session: Session | None, gpu_name: str | None) -> Estimate:
+    """The estimate, saying how far off past estimates have been on this GPU type (app.services.memory_accuracy)."""
+    if session is None or not gpu_name:
+        return estimate
+    found = accuracy_on(session, gpu_name)
+    if found is None:
+        return estimate
+    return replace(estimate, notes=(*estimate.notes, found.note()))
 
 
 def _qlora_alternative(spec: RunSpec, timeout: float | None) -> tuple[RunSpec, Mapping[str, Any]] | None:

@@ -25,8 +25,20 @@ f = FFN width, V = vocabulary, c = bytes of the compute dtype, r = bytes of the 
   8-bit absmax per block plus one fp32 constant per 256 blocks: 8/64 + 32/(64·256) ≈ 0.127 bit);
 * trainable parameters, gradients for them only (same dtype), optimizer state (AdamW: two moments per trainable
   parameter at its dtype; 8-bit AdamW one byte each plus a scale per 256 values; SGD none);
-* mixed precision: the Trainer keeps the parameters in their loaded dtype (fp32 here) and autocasts; there is
-  no separate master copy, but autocast's 16-bit copies of the linear weights are kept for backward;
+* the dtypes are runspec.precision's (`resolve_spec_dtypes`; the profile itself is built in fp32 and re-typed by
+  `facts.as_loaded`): a PEFT method's frozen base in the compute dtype (bf16 on a GPU), its adapters, prompt
+  encoders and prefixes in fp32; full fine-tuning in mixed precision keeps fp32 master weights (2 moments and
+  gradients in fp32: 16 bytes a parameter), pure_bf16 everything in bf16 (8 bytes a parameter with AdamW);
+* mixed precision: the Trainer keeps the parameters in their loaded dtype and autocasts; weights stored in fp32
+  get autocast's 16-bit copies, kept for backward; weights loaded in bf16 get none; peft casts an adapter's
+  16-bit input up to its fp32 weights (a temporary of one layer; a CPU's dropout mask is then fp32);
+* DoRA: the base and LoRA outputs of each adapted layer kept for the magnitude's gradient, and the weight norm
+  rebuilt in each forward pass (an in×in identity and out×in temporaries, one layer at a time);
+* Liger's kernels (training.liger_kernel; auto assumes a GPU worker has them for the architectures they cover):
+  RMSNorm keeps its input and an fp32 rstd, SwiGLU the gate and up outputs, and the fused linear cross entropy
+  materialises no logits (the hidden states' gradient and one chunk of logits instead);
+* the length: training.max_length, or the longest batch the run will see when the dataset's token counts are
+  known (a preview or tokenization), capped by max_length;
 * activations per layer (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer
   Models": 34·s·b·h + 5·a·s²·b bytes per layer in 16 bit), re-derived from the layer's real shape and dtypes: the
   inputs saved by each norm and matmul, Q/K/V, the attention probabilities (eager attention keeps the fp32

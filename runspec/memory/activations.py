@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from runspec.memory.facts import Linear, ModelFacts, RunShape, group_dtype
+from runspec.memory.facts import Linear, ModelFacts, Norm, RunShape, group_dtype, linear_weight_bytes
 from runspec.memory.method_terms import MethodMemory
 from runspec.memory.units import dtype_bytes, human_bytes
 
@@ -39,7 +40,7 @@ def activation_lines(facts: ModelFacts, run: RunShape, method_memory: MethodMemo
             return copies, f"{len(kept)} trained matmul(s) keep their own {c}-byte copy of the input"
         return copies + shared, "the input, kept once for the trained matmuls"
 
-    norm_bytes = sum(n.saved_per_token * (4 if n.type == "rmsnorm" else r) * h for n in facts.norms)
+    norm_bytes = sum(norm_saved(n, run, h) for n in facts.norms)
     attn_in, attn_in_text = kept_inputs(attn[:-1], no)
     qkv = c * (q_dim + 2 * kv_dim)
     fused = run_uses_fused_attention(facts, run)
@@ -62,13 +63,20 @@ def activation_lines(facts: ModelFacts, run: RunShape, method_memory: MethodMemo
     out_in, out_text = kept_inputs(attn[-1:], c)
     mlp_in, mlp_in_text = kept_inputs(mlp[:-1], no)
     lin_out = out_bytes(mlp[0])
-    act = facts.activation_saved * lin_out * f
+    # Liger's SwiGLU keeps only the gate and up projections' outputs and recomputes the SiLU in backward.
+    liger_mlp = run.liger and facts.gated_mlp
+    act = 0.0 if liger_mlp else facts.activation_saved * lin_out * f
     gated = 2 * lin_out * f if facts.gated_mlp else 0
     down_in, down_text = kept_inputs(mlp[-1:], lin_out)
     residual_dropout = 2 * run.mask_bytes * h if facts.hidden_dropout > 0 else 0
     per_layer_token = norm_bytes + attn_in + core + scores + out_in + mlp_in + act + gated + down_in + residual_dropout
     layer_parts = [
-        ("norm inputs", norm_bytes, f"{len(facts.norms)} norms keep their input ({r}·h each)"),
+        (
+            "norm inputs",
+            norm_bytes,
+            f"{len(facts.norms)} norms keep their input"
+            + (f" ({r}·h + fp32 rstd each: Liger's RMSNorm)" if run.liger else f" ({r}·h each)"),
+        ),
         ("attention input", attn_in, attn_in_text),
         ("Q, K, V" + (" and output" if fused else ""), core, core_text),
         ("attention scores (s²)", scores, "eager attention keeps the probabilities" if scores else "none: fused"),
@@ -77,8 +85,12 @@ def activation_lines(facts: ModelFacts, run: RunShape, method_memory: MethodMemo
         (
             "MLP activation",
             act + gated,
-            f"the activation function keeps {facts.activation_saved:g}×{lin_out}·f"
-            + (f" + the gate product's operands 2×{lin_out}·f" if facts.gated_mlp else "")
+            (
+                f"Liger's SwiGLU keeps the gate and up outputs 2×{lin_out}·f and recomputes the SiLU"
+                if liger_mlp
+                else f"the activation function keeps {facts.activation_saved:g}×{lin_out}·f"
+                + (f" + the gate product's operands 2×{lin_out}·f" if facts.gated_mlp else "")
+            )
             + f" (f = {f})",
         ),
         ("MLP down-projection input", down_in, down_text),
@@ -91,24 +103,22 @@ def activation_lines(facts: ModelFacts, run: RunShape, method_memory: MethodMemo
     first_layer_saving = 0.0
     if not grad_from_start and facts.norms:
         first = facts.norms[0]
-        first_layer_saving = first.saved_per_token * (4 if first.type == "rmsnorm" else r) * h
-    stem = sum(
-        n.saved_per_token * (4 if n.type == "rmsnorm" else r) * h
-        for n in facts.stem_norms
-        if n.after_layers or grad_from_start
-    )
-    if facts.lm_head_trainable:
-        stem += (c if run.autocast else no) * h  # lm_head's input, for its weight gradient
+        first_layer_saving = norm_saved(first, run, h)
+    stem = sum(norm_saved(n, run, h) for n in facts.stem_norms if n.after_layers or grad_from_start)
+    if facts.lm_head_trainable and not run.liger:
+        stem += (c if run.autocast else no) * h  # lm_head's input, for its weight gradient (Liger: computed early)
     if facts.embedding_dropout > 0 and grad_from_start:
         stem += run.mask_bytes * h
     method_tokens = sum(term.bytes_per_token for term in method_memory.terms)
     method_fixed = sum(term.fixed_bytes for term in method_memory.terms)
     # Backward of one layer: its largest temporaries (the probabilities' gradient and the softmax backward, or the
     # activation function's backward and its output gradient) plus the hidden states' gradients.
+    # peft's cast of an adapter's input to fp32 (and its gradient) is one more temporary of one layer.
     workspace = (
         max(
             0.0 if fused else (c + 4) * a * run.key_len,
             (facts.activation_backward_peak + 1) * lin_out * f,
+            method_memory.workspace_per_token,
         )
         + 2 * r * h
     )
@@ -118,8 +128,16 @@ def activation_lines(facts: ModelFacts, run: RunShape, method_memory: MethodMemo
     layer_bytes = per_layer_token * tokens
     all_layers = layer_bytes * layers
     checkpoint_inputs = r * h * tokens * layers
-    logits_backward = 12 * tokens * facts.vocab_size
-    logits_forward = (c + 4 + 4 if c != 4 else 8) * tokens * facts.vocab_size
+    logits_backward = 12.0 * tokens * facts.vocab_size
+    logits_forward = (c + 4 + 4 if c != 4 else 8) * tokens * facts.vocab_size * 1.0
+    logits_text = (
+        f"b·s·V = {run.batch_size}·{run.seq_len}·{facts.vocab_size} logits × 12 B at the start of backward "
+        "(fp32 log-softmax kept for backward + its gradient + the gradient it produces); the forward holds "
+        f"the {c}-byte logits, their fp32 upcast and the log-softmax"
+    )
+    if run.liger:
+        logits_forward = logits_backward = liger_loss_bytes(facts, run, tokens)
+        logits_text = liger_loss_text(facts, run, tokens)
 
     prompt_bytes = 0.0
     prompt_text = ""
@@ -156,6 +174,9 @@ def activation_lines(facts: ModelFacts, run: RunShape, method_memory: MethodMemo
         "method_per_layer": (method_tokens * tokens + method_fixed) / layers,
         "logits_backward": logits_backward,
         "logits_forward": logits_forward,
+        "logits_text": logits_text,
+        # a transient of one layer's forward pass the method builds (DoRA's weight norm), not kept for backward
+        "method_workspace": method_memory.workspace_fixed,
         "prompt": prompt_bytes,
         "prompt_text": prompt_text,
         "scores_per_layer": scores * tokens,
@@ -163,6 +184,44 @@ def activation_lines(facts: ModelFacts, run: RunShape, method_memory: MethodMemo
         "workspace": workspace * tokens
         + max((qc * lin.in_features * lin.out_features for lin in facts.linears if lin.quantized), default=0),
     }
+
+
+def norm_saved(norm: Norm, run: RunShape, h: int) -> float:
+    """Bytes per token a norm keeps for backward: as measured on the worker (an RMSNorm's fp32 upcasts), or
+    Liger's RMSNorm: its input in the residual stream's dtype and one fp32 rstd per token."""
+    if norm.type == "rmsnorm" and run.liger:
+        return run.residual_bytes * h + 4
+    return norm.saved_per_token * (4 if norm.type == "rmsnorm" else run.residual_bytes) * h
+
+
+def liger_chunk(facts: ModelFacts, tokens: int) -> int:
+    """Rows of hidden states Liger's fused linear cross entropy projects at a time (its own rule)."""
+    increase = math.ceil(facts.vocab_size / facts.hidden_size)
+    rows = max(1, math.ceil(tokens / increase))
+    return int(2 ** math.ceil(math.log2(rows)))
+
+
+def liger_loss_bytes(facts: ModelFacts, run: RunShape, tokens: int) -> float:
+    """Liger's fused linear cross entropy: the hidden states' gradient (computed in the forward pass), one chunk of
+    logits with its fp32 loss arithmetic, the per-token losses, and lm_head's gradient when it is trained."""
+    head_grad = facts.vocab_size * facts.hidden_size * linear_weight_bytes(facts) if facts.lm_head_trainable else 0
+    chunk = liger_chunk(facts, tokens)
+    return (
+        run.compute_bytes * tokens * facts.hidden_size
+        + (run.compute_bytes + 4) * chunk * facts.vocab_size
+        + (4 * tokens)
+        + head_grad
+    )
+
+
+def liger_loss_text(facts: ModelFacts, run: RunShape, tokens: int) -> str:
+    chunk = liger_chunk(facts, tokens)
+    return (
+        f"Liger's fused linear cross entropy materialises no b·s·V logits: the hidden states' gradient "
+        f"{run.compute_bytes}·b·s·h, computed in the forward pass, + one chunk of {chunk} rows × V = "
+        f"{facts.vocab_size} logits × ({run.compute_bytes} + 4 fp32) B + fp32 per-token losses"
+        + (" + lm_head's gradient (computed with the loss)" if facts.lm_head_trainable else "")
+    )
 
 
 def run_uses_fused_attention(facts: ModelFacts, run: RunShape) -> bool:

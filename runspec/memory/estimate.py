@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from runspec.memory.activations import activation_lines
-from runspec.memory.facts import ModelFacts, Quantization, RunShape, group_dtype, linear_weight_bytes
+from runspec.memory.facts import ModelFacts, RunShape, as_loaded, group_dtype, liger_planned, linear_weight_bytes
 from runspec.memory.optimizer import optimizer_memory
 from runspec.memory.report import Estimate, Line
 from runspec.memory.units import ALLOCATOR_SLACK, CPU_RUNTIME_BYTES, CUDA_CONTEXT_BYTES, dtype_bytes, human_bytes
 from runspec.memory.weights import describe_weights, weight_copy_bytes, weight_lines
-from runspec.methods.base import MethodSpec
+from runspec.precision import BYTES, ResolvedDtypes, resolve_spec_dtypes
 from runspec.spec import RunSpec
 
 
@@ -22,42 +22,43 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def run_shape(spec: RunSpec, facts: ModelFacts, device: str) -> RunShape:
+def run_dtypes(spec: RunSpec, device: str) -> ResolvedDtypes:
+    """The run's dtypes on `device` (runspec.precision's decision; a GPU is assumed to compute in bf16)."""
+    return resolve_spec_dtypes(spec, cuda=device == "cuda")
+
+
+def run_shape(
+    spec: RunSpec, facts: ModelFacts, device: str, dtypes: ResolvedDtypes, *, liger: bool = False, seq_len: int = 0
+) -> RunShape:
+    """How the run computes on `device`; `facts` as loaded (`as_loaded`); `seq_len`: tokens per sample before any
+    virtual tokens (0: training.max_length)."""
     precision = resolve_precision(spec.training.precision, device)
-    autocast = precision in ("bf16", "fp16")
-    weight_bytes = linear_weight_bytes(facts)
-    compute = 2 if autocast else weight_bytes
-    residual = dtype_bytes(group_dtype(facts, "embedding"), weight_bytes)
+    compute = BYTES[dtypes.compute]
+    residual = dtype_bytes(group_dtype(facts, "embedding"), linear_weight_bytes(facts))
     layernorm = all(norm.type == "layernorm" for norm in facts.norms) if facts.norms else True
-    norm_out = 4 if autocast and layernorm else residual
-    quant_compute = compute
-    if facts.quantization is not None:
-        quant_compute = dtype_bytes(_quant_compute_dtype(spec.method, facts.quantization, device), compute)
+    norm_out = 4 if dtypes.autocast and layernorm else residual
+    quant_compute = BYTES[dtypes.quantized_compute] if dtypes.quantized_compute else compute
     virtual_in = facts.prompt.num_virtual_tokens if facts.prompt and facts.prompt.kind == "input" else 0
     prefix = facts.prompt.num_virtual_tokens if facts.prompt and facts.prompt.kind == "past_key_values" else 0
-    seq = spec.training.max_length + virtual_in
+    seq = (seq_len or spec.training.max_length) + virtual_in
+    # peft casts each adapter's input to its weights' dtype: fp32 adapters beside a 16-bit base see fp32 inputs.
+    adapter_input = 4 if spec.method.is_peft and residual < 4 and dtypes.trainable == "float32" else 0
     return RunShape(
         device=device,
         precision=precision,
         batch_size=spec.training.batch_size,
         seq_len=seq,
         key_len=seq + prefix,
-        autocast=autocast,
+        autocast=dtypes.autocast,
         compute_bytes=compute,
         residual_bytes=residual,
         norm_out_bytes=norm_out,
         quant_compute_bytes=quant_compute,
         mask_bytes=1 if device == "cuda" else compute,
         gradient_checkpointing=spec.training.gradient_checkpointing,
+        liger=liger,
+        adapter_input_bytes=adapter_input,
     )
-
-
-def _quant_compute_dtype(method: MethodSpec, quantization: Quantization, device: str) -> str:
-    """The 4-bit layers' compute dtype on the estimated device (QLoRA's "auto" follows the device)."""
-    chosen = getattr(method, "bnb_4bit_compute_dtype", None)
-    if chosen == "auto":
-        return "bfloat16" if device == "cuda" else "float32"
-    return str(chosen or quantization.compute_dtype)
 
 
 def estimate_memory(
@@ -67,14 +68,31 @@ def estimate_memory(
     device: str = "cuda",
     device_memory_bytes: int | None = None,
     device_source: str | None = None,
+    seq_len: int | None = None,
+    seq_len_source: str | None = None,
 ) -> Estimate:
-    """The memory `spec` needs on `device` ("cuda" or "cpu"), from a worker's memory profile of its model."""
-    facts = ModelFacts.from_profile(profile)
+    """The memory `spec` needs on `device` ("cuda" or "cpu"), from a worker's memory profile of its model.
+
+    `seq_len`: the tokens per sample the run will see at most when the dataset is known (its longest batch,
+    capped by training.max_length), with `seq_len_source` saying where it comes from; None: training.max_length."""
+    profiled = ModelFacts.from_profile(profile)
     notes: list[str] = []
-    if facts.quantization is not None and device != "cuda" and spec.method.requires_cuda:
+    if profiled.quantization is not None and device != "cuda" and spec.method.requires_cuda:
         notes.append(f"{spec.method.label} needs a CUDA device: estimated for one")
         device = "cuda"
-    run = run_shape(spec, facts, device)
+    dtypes = run_dtypes(spec, device)
+    facts = as_loaded(
+        profiled,
+        base=dtypes.base,
+        trainable=dtypes.trainable,
+        full=not spec.method.is_peft,
+        quantized_compute=dtypes.quantized_compute,
+        attn_implementation=spec.training.attn_implementation,
+    )
+    liger, liger_reason = liger_planned(spec.training.liger_kernel, facts.model_type, device)
+    length = min(seq_len, spec.training.max_length) if seq_len else spec.training.max_length
+    length_text = seq_len_source
+    run = run_shape(spec, facts, device, dtypes, liger=liger, seq_len=length)
     memory = spec.method.memory(facts, run)
     notes.extend(memory.notes)
 
@@ -127,7 +145,7 @@ def estimate_memory(
     grads_early = grads if accumulating else 0
     phases: dict[str, dict[str, float]] = {
         "end of forward": {
-            "activations": saved + act["stem"],
+            "activations": saved + act["stem"] + act["method_workspace"],
             "logits": act["logits_forward"],
             "mixed_precision": copies_saved,
             "prompt": act["prompt"],
@@ -153,7 +171,10 @@ def estimate_memory(
     if gc:
         # One layer recomputed, plus its backward workspace.
         phases["backward of a recomputed layer"] = {
-            "activations": saved + act["layer_bytes"] + act["method_per_layer"] + act["workspace"],
+            "activations": saved
+            + act["layer_bytes"]
+            + act["method_per_layer"]
+            + max(act["workspace"], act["method_workspace"]),
             "mixed_precision": copies_one,
             "prompt": act["prompt"],
             "gradients": grads,
@@ -263,9 +284,7 @@ def estimate_memory(
             "logits",
             "logits",
             int(act["logits_backward"]),
-            f"b·s·V = {run.batch_size}·{run.seq_len}·{facts.vocab_size} logits × 12 B at the start of backward "
-            "(fp32 log-softmax kept for backward + its gradient + the gradient it produces); the forward holds "
-            f"the {run.compute_bytes}-byte logits, their fp32 upcast and the log-softmax",
+            act["logits_text"] + f" ({liger_reason})",
             int(at_peak.get("logits", 0)),
         ),
     ]
@@ -306,4 +325,10 @@ def estimate_memory(
         fits=fits,
         headroom_bytes=headroom,
         notes=tuple(notes),
+        dtypes=dtypes.details(),
+        kernels={"attention": facts.attn_implementation, "liger": liger, "liger_reason": liger_reason},
+        seq_len_source=length_text
+        or f"training.max_length = {spec.training.max_length}"
+        + (f" + {run.seq_len - length} virtual tokens" if run.seq_len != length else ""),
+        sample_len=length,
     )

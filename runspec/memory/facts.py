@@ -7,7 +7,7 @@ its types and every formula module can build on them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runspec.memory.units import BNB_4BIT_BLOCK, EstimateError, dtype_bytes
@@ -283,6 +283,75 @@ def linear_weight_bytes(facts: ModelFacts) -> int:
     return dtype_bytes(group_dtype(facts, "linear") or facts.load_dtype, 4)
 
 
+def as_loaded(
+    facts: ModelFacts,
+    *,
+    base: str,
+    trainable: str,
+    full: bool,
+    quantized_compute: str | None = None,
+    attn_implementation: str = "auto",
+) -> ModelFacts:
+    """The profiled model as the run loads it (runspec.precision decides the dtypes): the profile is built once, in
+    fp32 on the meta device, whatever device a run trains on. Full fine-tuning: every weight in `base` (fp32
+    master weights, or bf16 with pure_bf16). A PEFT method: the frozen base (and base parameters it leaves
+    trainable, such as biases) in `base`, the parameters it adds (adapters, prompt encoders, prefixes) in
+    `trainable` (peft keeps them fp32 beside a 16-bit base). 4-bit layers keep their packed size; they
+    de-quantize to `quantized_compute`. `attn_implementation`: training.attn_implementation (auto keeps the
+    profiled model's default)."""
+
+    def dtype_of(group: ParamGroup) -> str:
+        if group.quantized:
+            return group.dtype
+        if full:
+            return base
+        return trainable if group.kind == "adapter" else base
+
+    groups = tuple(replace(group, dtype=dtype_of(group)) for group in facts.groups)
+    quantization = facts.quantization
+    if quantization is not None and quantized_compute:
+        quantization = replace(quantization, compute_dtype=quantized_compute)
+    attention = facts.attn_implementation if attn_implementation == "auto" else attn_implementation
+    return replace(facts, groups=groups, load_dtype=base, quantization=quantization, attn_implementation=attention)
+
+
+#: Model types liger-kernel has kernels for (its MODEL_TYPE_TO_APPLY_LIGER_FN, the long-standing ones): the
+#: estimate's assumption for training.liger_kernel=auto on a GPU, where the gpu extra installs liger-kernel.
+LIGER_MODEL_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "qwen2",
+        "qwen3",
+        "qwen3_moe",
+        "phi3",
+        "granite",
+        "olmo2",
+        "glm4",
+    }
+)
+
+
+def liger_planned(setting: str, model_type: str, device: str) -> tuple[bool, str]:
+    """Whether the estimate counts Liger's kernels (training.liger_kernel), and why."""
+    if setting == "off":
+        return False, "training.liger_kernel=off"
+    if setting == "on":
+        return True, "training.liger_kernel=on"
+    if device != "cuda":
+        return False, "liger_kernel=auto: off on a CPU (Liger's kernels are Triton kernels for CUDA GPUs)"
+    if model_type not in LIGER_MODEL_TYPES:
+        return False, f"liger_kernel=auto: off, liger-kernel has no kernels for {model_type} models"
+    return True, (
+        f"liger_kernel=auto: on for {model_type} on a GPU, assuming the worker has liger-kernel (the gpu extra); "
+        "without it the run materialises the logits and needs the logits line of liger_kernel=off"
+    )
+
+
 # -- how the run computes ---------------------------------------------------------------------------------------
 
 
@@ -302,6 +371,8 @@ class RunShape:
     quant_compute_bytes: int  # the dtype 4-bit layers de-quantize to (bnb_4bit_compute_dtype)
     mask_bytes: int  # a dropout mask element (bool on CUDA; the tensor's dtype on a CPU)
     gradient_checkpointing: bool
+    liger: bool = False  # Liger's fused kernels: RMSNorm, SwiGLU, fused linear + cross entropy (no logits)
+    adapter_input_bytes: int = 0  # peft casts an adapter's input to its (fp32) weights' dtype; 0: no cast
 
     @property
     def tokens(self) -> int:

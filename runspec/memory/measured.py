@@ -46,3 +46,15 @@ def compare(estimate: Mapping[str, Any], measured: Mapping[str, Any]) -> list[di
     if measured.get("device") == "cpu" and measured.get("peak_rss_bytes"):
         row("peak RSS (CPU)", estimate.get("total_peak_bytes"), measured.get("peak_rss_bytes"), "whole process")
     return rows
+
+
+def reserved_ratio(estimate: Mapping[str, Any] | None, measured: Mapping[str, Any] | None) -> float | None:
+    """measured / estimated for a GPU run: torch.cuda.max_memory_reserved over the estimate's allocated peak plus
+    the allocator slack (the estimate's own figure for it); None for a CPU run or one without both."""
+    if not estimate or not measured or measured.get("device") != "cuda" or estimate.get("device") != "cuda":
+        return None
+    reserved = measured.get("cuda_max_reserved_bytes")
+    allocated = estimate.get("allocated_peak_bytes")
+    if not reserved or not allocated:
+        return None
+    return float(reserved) / (float(allocated) * (1 + ALLOCATOR_SLACK))

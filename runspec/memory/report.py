@@ -43,6 +43,13 @@ class Estimate:
     headroom_bytes: int | None = None
     notes: tuple[str, ...] = ()
     suggestion: Suggestion | None = None
+    #: the dtypes counted (runspec.precision's ResolvedDtypes.details()) and the kernels assumed
+    dtypes: dict[str, Any] | None = None
+    kernels: dict[str, Any] | None = None
+    #: where seq_len comes from: training.max_length, or the longest batch of the dataset's token counts
+    seq_len_source: str | None = None
+    #: tokens per sample before a prompt method's virtual tokens (seq_len includes them)
+    sample_len: int = 0
 
     def line(self, key: str) -> Line:
         for line in self.lines:

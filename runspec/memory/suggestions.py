@@ -76,7 +76,10 @@ def suggest(
     capacity = estimate.device_memory_bytes
 
     def total(candidate: RunSpec, candidate_profile: Mapping[str, Any]) -> int:
-        return estimate_memory(candidate, candidate_profile, device=estimate.device).total_peak_bytes
+        # the same length as the estimate (the dataset's longest sample, when known; capped by the candidate's)
+        return estimate_memory(
+            candidate, candidate_profile, device=estimate.device, seq_len=estimate.sample_len or None
+        ).total_peak_bytes
 
     for change, patch in candidate_changes(spec):
         try:

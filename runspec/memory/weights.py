@@ -89,7 +89,7 @@ def weight_copy_bytes(facts: ModelFacts, run: RunShape) -> tuple[int, int, str]:
         return 0, 0, "no autocast: matmuls use the weights as they are"
     weight_dtype_bytes = linear_weight_bytes(facts)
     if weight_dtype_bytes == run.compute_bytes:
-        return 0, 0, "weights are already in the compute dtype"
+        return 0, 0, f"none: the weights are loaded in the compute dtype ({run.compute_bytes} B), autocast copies none"
     per_layer = sum(
         run.compute_bytes * lin.in_features * lin.out_features for lin in facts.linears if not lin.quantized
     )
@@ -97,8 +97,8 @@ def weight_copy_bytes(facts: ModelFacts, run: RunShape) -> tuple[int, int, str]:
     total = per_layer * facts.num_layers + head
     formula = (
         f"autocast keeps a {run.compute_bytes}-byte copy of each fp32 linear weight for backward: "
-        f"{facts.num_layers} layers × {human_bytes(per_layer)} + lm_head {human_bytes(head)}; no fp32 master copy "
-        "(the parameters already are fp32)"
+        f"{facts.num_layers} layers × {human_bytes(per_layer)} + lm_head {human_bytes(head)}; the fp32 parameters "
+        "are the master weights (no other copy)"
     )
     if facts.quantization is not None:
         formula += "; 4-bit layers keep only their packed weights and de-quantize again in backward"

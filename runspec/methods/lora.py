@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from runspec.memory.facts import ModelFacts, RunShape
-from runspec.memory.method_terms import MethodMemory, adapter_memory
+from runspec.memory.method_terms import MethodMemory, adapter_memory, dora_memory
 from runspec.methods.base import MethodNotApplicable, MethodSpec, ModuleList, peft_targets, target_modules_help
 
 #: Initialisations that change the base weights and so need converting when saved.
@@ -42,8 +42,12 @@ class LoraFamilySpec(MethodSpec):
         return True
 
     def memory(self, model: ModelFacts, run: RunShape) -> MethodMemory:
-        """Per adapted layer and token: the dropout mask, lora_A's input copy and the rank-r intermediate."""
-        return adapter_memory(model, run, label=f"{self.label} adapters", rank=self.r, dropout=self.lora_dropout)
+        """Per adapted layer and token: the dropout mask, lora_A's input copy and the rank-r intermediate; DoRA
+        adds its magnitude's saved outputs and the weight norm it rebuilds in each forward pass."""
+        adapters = adapter_memory(model, run, label=f"{self.label} adapters", rank=self.r, dropout=self.lora_dropout)
+        if self.use_dora:
+            return dora_memory(model, run, adapters, label="DoRA")
+        return adapters
 
     def peft_config(self) -> Any:
         from peft import LoraConfig, TaskType

@@ -122,7 +122,7 @@ def _train(
         log.info("dtypes: %s", _describe_dtypes(dtypes_recorder.recorded))
         trainable, total = _report_parameters(model, reporter)
         facts.update(trainable_params=trainable, total_params=total)
-        _record_memory_estimate(spec, method, reporter, memory_estimate)
+        _record_memory_estimate(spec, method, reporter, memory_estimate, _longest(train_set, eval_set), kernels)
 
         callback = ReporterCallback(reporter)
         # Bytes of parameters, gradients, optimizer state after the first step; peak memory at the end.
@@ -268,12 +268,33 @@ def _evaluate_generation(
     )
 
 
+def _longest(*datasets: Any) -> int | None:
+    """The longest tokenized sample (cut at max_length) the run trains or evaluates on: read from the Arrow table
+    under the dataset (the rows a selection or filter left out included: an upper bound, never a guess)."""
+    import pyarrow.compute as pc
+
+    lengths = [
+        pc.max(pc.list_value_length(d.data.column("input_ids"))).as_py()
+        for d in datasets
+        if d is not None and len(d) and "input_ids" in d.column_names
+    ]
+    return max((int(n) for n in lengths if n is not None), default=None)
+
+
 def _record_memory_estimate(
-    spec: RunSpec, method: MethodSpec, reporter: Reporter, stored: Mapping[str, Any] | None
+    spec: RunSpec,
+    method: MethodSpec,
+    reporter: Reporter,
+    stored: Mapping[str, Any] | None,
+    longest: int | None,
+    kernels: Kernels,
 ) -> None:
-    """details.memory_estimate for this device when the submit-time one is missing; never fails the run."""
+    """details.memory_estimate for this device when the submit-time one is missing, or made with less than this
+    worker knows (the tokenized data's longest sample, the kernels planned here); never fails the run."""
     try:
-        estimate = estimate_at_start(spec, method, stored)
+        estimate = estimate_at_start(
+            spec, method, stored, longest=longest, liger=kernels.liger, attention=kernels.attention
+        )
     except Exception as exc:
         log.info("no memory estimate: %s", (str(exc).splitlines() or [type(exc).__name__])[0][:300])
         return
@@ -286,8 +307,11 @@ def prepare_data(spec: RunSpec, tokenizer: Any, reporter: Reporter | None = None
     max_length = spec.training.max_length
     prepared = prepare_dataset(spec.dataset, tokenizer, max_length, model_label=repr(spec.model), log=log)
     if reporter is not None:
-        truncated = sum(1 for length in prepared.tokenized["full_length"] if length > max_length)
-        reporter.details({"dataset": {**prepared.facts, "truncated": truncated}})
+        lengths = prepared.tokenized["full_length"]
+        truncated = sum(1 for length in lengths if length > max_length)
+        # the longest sample before the cut: the memory estimate's length (runspec.memory), this run's and later ones'
+        longest = max(lengths, default=0)
+        reporter.details({"dataset": {**prepared.facts, "truncated": truncated, "longest_tokens": longest}})
     tokenized = drop_unlearned(prepared.tokenized)
     if len(tokenized) == 0:
         raise TrainingError(

@@ -429,12 +429,31 @@ def device_capacity() -> dict[str, Any]:
     return {"kind": "cpu", "name": "CPU", "memory_bytes": int(psutil.virtual_memory().total)}
 
 
-def estimate_at_start(spec: RunSpec, method: MethodSpec, stored: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The run's estimate for this worker's device, when none was stored at submit time (no worker answered)
-    or the stored one was made for another kind of device. None: the stored one stands."""
+def estimate_at_start(
+    spec: RunSpec,
+    method: MethodSpec,
+    stored: Mapping[str, Any] | None,
+    *,
+    longest: int | None = None,
+    liger: bool | None = None,
+    attention: str | None = None,
+) -> dict[str, Any] | None:
+    """The run's estimate for this worker's device, when none was stored at submit time (no worker answered), the
+    stored one was made for another kind of device, or this worker knows better than it did: the longest sample
+    of the tokenized dataset (`longest`, before the cut at max_length) is shorter than the length it assumed, or
+    the kernels planned here (`liger`, `attention`) are not those it assumed. None: the stored one stands."""
     capacity = device_capacity()
-    if stored and stored.get("device") == capacity["kind"]:
+    length = min(longest, spec.training.max_length) if longest else None
+    if stored and stored.get("device") == capacity["kind"] and not _knows_better(stored, length, liger, attention):
         return None
+    if liger is not None or attention is not None:
+        training = spec.training.model_copy(
+            update={
+                **({"liger_kernel": "on" if liger else "off"} if liger is not None else {}),
+                **({"attn_implementation": attention} if attention else {}),
+            }
+        )
+        spec = spec.model_copy(update={"training": training})
     resolved = resolve_model(spec.model)
     config = AutoConfig.from_pretrained(resolved.location, **remote_code_kwargs(resolved))
     profile = memory_profile(config, method, trust_remote_code=resolved.trust_remote_code)
@@ -444,6 +463,21 @@ def estimate_at_start(spec: RunSpec, method: MethodSpec, stored: Mapping[str, An
         device=capacity["kind"],
         device_memory_bytes=capacity["memory_bytes"],
         device_source=f"{capacity['name']} of the worker that trained it",
+        seq_len=length,
+        seq_len_source=f"the longest sample of the tokenized dataset: {longest} tokens"
+        + (f", cut at training.max_length = {spec.training.max_length}" if length and length < longest else "")
+        if longest
+        else None,
     ).to_dict()
     estimate["made_by"] = "the training worker, at training start"
     return estimate
+
+
+def _knows_better(stored: Mapping[str, Any], length: int | None, liger: bool | None, attention: str | None) -> bool:
+    kernels = stored.get("kernels") or {}
+    assumed = int(stored.get("sample_len") or stored.get("seq_len") or 0)  # tokens per sample, no virtual ones
+    return bool(
+        (length is not None and length < assumed)
+        or (liger is not None and "liger" in kernels and bool(kernels["liger"]) != liger)
+        or (attention is not None and kernels.get("attention") not in (None, attention))
+    )

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.services import datasets as dataset_service
+from app.services import token_lengths
 from app.web.deps import DatasetDep, SessionDep, load_dataset
 from app.web.schemas import UtcDateTime
 from runspec import DatasetSpec
@@ -201,9 +202,11 @@ def preview(
     # dataset previewed as alpaca found no instruction column).
     chosen = {key: value for key, value in (("template", template), ("format", fmt)) if value is not None}
     spec = _spec_or_422(**{**_spec(dataset), **chosen})
-    return call_worker(
+    answer = call_worker(
         PREVIEW_DATASET_TASK, spec.model_dump(mode="json"), model, max_length, rows, timeout=DATASET_RPC_TIMEOUT_SECONDS
     )
+    token_lengths.remember_preview(spec, model, answer)  # the memory estimate's length for runs on it
+    return answer
 
 
 @api_router.get("/datasets/{dataset_id}/preview")

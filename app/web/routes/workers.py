@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.services.memory_accuracy import accuracy_by_gpu
 from app.web.deps import SessionDep
 from app.web.templating import templates
 from tunedeck_state import disk
@@ -73,6 +74,13 @@ def list_workers(session: SessionDep) -> Any:
     return _views(session)
 
 
+@api_router.get("/workers/memory-accuracy")
+def memory_accuracy(session: SessionDep) -> list[dict[str, Any]]:
+    """Per GPU type, measured / estimated memory (torch.cuda.max_memory_reserved over the estimate) of past
+    succeeded runs: median, lowest, highest and how many runs."""
+    return [vars(found) for found in accuracy_by_gpu(session)]
+
+
 @page_router.get("/workers", response_class=HTMLResponse)
 def workers_page(request: Request, session: SessionDep) -> Response:
     settings = get_settings()
@@ -81,6 +89,7 @@ def workers_page(request: Request, session: SessionDep) -> Response:
         "storage": disk.data_dir_usage(settings),
         "runs_disk_bytes": session.scalar(select(func.coalesce(func.sum(Run.disk_bytes), 0))),
         "keep_checkpoints": settings.keep_checkpoints,
+        "accuracy": accuracy_by_gpu(session),
     }
     return templates.TemplateResponse(request, "workers.html", context)
 
