@@ -5,8 +5,9 @@ there).
 
 The workers run on the CPU and declare a fake GPU (TUNEDECK_WORKER_FAKE_GPU_MEMORY_GIB): 0.8 GiB and 1.2 GiB. The
 server estimates runs for a CUDA device (a live worker declares a GPU): the tiny default run needs ≈0.59 GiB with
-the 10% margin (class 0.75 GiB, both workers), a batch of 32 × 256 tokens ≈0.92 GiB (class 1 GiB: only the large
-worker), a batch of 64 × 1024 tokens several GiB (no worker).
+the 10% margin (class 0.75 GiB, both workers), a batch of 64 × 144 tokens ≈0.90 GiB (class 1 GiB: only the large
+worker; 144 is below the data's longest sample, 151 tokens, so the estimate's length is max_length whether or not a run
+has tokenized the data yet), a batch of 512 × 144 tokens ≈3.3 GiB (no worker).
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ def test_runs_are_placed_by_memory_wait_when_too_big_follow_priority_and_survive
     stack = scale_stack
     training = {"max_steps": 6, "eval_steps": 6, "eval_generation_samples": 0, "save_steps": 3}
     small_spec = tiny_spec(tiny_assets, "small", training=training)
-    medium = {**training, "batch_size": 32, "max_length": 256}
-    huge = {**training, "batch_size": 64, "max_length": 1024}
+    medium = {**training, "batch_size": 64, "max_length": 144}
+    huge = {**training, "batch_size": 512, "max_length": 144}  # ≈3.3 GiB, whatever the data's lengths
 
     with stack.client() as client:
         # Both training workers register, with what they offer; and the service worker.
@@ -221,7 +222,7 @@ def _is_worker(process: Any, pid: int) -> bool:
 
 def test_runs_share_a_gpu_only_when_their_estimates_fit_together(scale_stack: Stack, tiny_assets: Any) -> None:
     """A worker allowed two runs per GPU (TUNEDECK_WORKER_RUNS_PER_GPU=2) on a 1.25 GiB (fake) GPU: two small runs
-    (≈0.59 GiB each with the margin) train at the same time; a medium one (≈0.92 GiB) and a small one do not."""
+    (≈0.59 GiB each with the margin) train at the same time; a medium one (≈0.90 GiB) and a small one do not."""
     stack = scale_stack
     stack.start_worker(
         "training",
@@ -244,7 +245,7 @@ def test_runs_share_a_gpu_only_when_their_estimates_fit_together(scale_stack: St
             _submit(client, tiny_spec(tiny_assets, f"together-{i}", training=training, placement=pin)) for i in (1, 2)
         ]
         together = [stack.wait_for_run(run["id"]) for run in pair]
-        medium = {**training, "batch_size": 32, "max_length": 256}
+        medium = {**training, "batch_size": 64, "max_length": 144}
         apart = [
             _submit(client, tiny_spec(tiny_assets, "apart-medium", training=medium, placement=pin)),
             _submit(client, tiny_spec(tiny_assets, "apart-small", training=training, placement=pin)),
