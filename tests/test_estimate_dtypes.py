@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from runspec import RunSpec
 from runspec.memory.estimate import estimate_memory
-from runspec.memory.report import Estimate
+from runspec.memory.results import Estimate
 from runspec.memory.units import GIB
 from worker.training.memory_profile import memory_profile
 from worker.training.method_fit import build_method

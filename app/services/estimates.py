@@ -24,7 +24,7 @@ from app.services.memory_accuracy import accuracy_on
 from app.services.token_lengths import length_for_estimate
 from runspec import METHODS, RunSpec
 from runspec.memory.estimate import estimate_memory
-from runspec.memory.report import Estimate
+from runspec.memory.results import Estimate
 from runspec.memory.suggestions import suggest, with_suggestion
 from runspec.memory.units import EstimateError
 from tunedeck_jobs.names import INSPECT_MODEL_TASK, TRAINING_QUEUE

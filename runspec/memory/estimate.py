@@ -8,7 +8,7 @@ from typing import Any
 from runspec.memory.activations import activation_lines
 from runspec.memory.facts import ModelFacts, RunShape, as_loaded, group_dtype, liger_planned, linear_weight_bytes
 from runspec.memory.optimizer import optimizer_memory
-from runspec.memory.report import Estimate, Line
+from runspec.memory.results import Estimate, Line
 from runspec.memory.units import ALLOCATOR_SLACK, CPU_RUNTIME_BYTES, CUDA_CONTEXT_BYTES, dtype_bytes, human_bytes
 from runspec.memory.weights import describe_weights, weight_copy_bytes, weight_lines
 from runspec.precision import BYTES, ResolvedDtypes, resolve_spec_dtypes

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from runspec.memory.estimate import estimate_memory
-from runspec.memory.report import Estimate, Suggestion
+from runspec.memory.results import Estimate, Suggestion
 from runspec.spec import RunSpec
 
 

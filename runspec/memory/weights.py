@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from runspec.memory.facts import ModelFacts, Quantization, RunShape, linear_weight_bytes
-from runspec.memory.report import Line
+from runspec.memory.results import Line
 from runspec.memory.units import dtype_bytes, human_bytes
 
 

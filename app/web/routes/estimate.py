@@ -16,7 +16,7 @@ from app.web.forms import FormConflict, errors_by_field, fields_for, spec_from_f
 from app.web.templating import templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from runspec.memory.measured import compare
-from runspec.memory.report import Estimate
+from runspec.memory.results import Estimate
 from runspec.memory.units import GIB
 
 api_router = APIRouter(tags=["estimate"])

@@ -1,4 +1,4 @@
-"""What an estimate reports: its lines (one per component, with the formula behind it) and the whole `Estimate`."""
+"""What an estimate gives back: its lines (one per component, with the formula behind it) and the whole `Estimate`."""
 
 from __future__ import annotations
 
