@@ -74,9 +74,11 @@ def test_compose_settings_validate_and_the_queues_fit_together() -> None:
     assert f"--broker={services['web']['environment']['TUNEDECK_BROKER_URL']}" in services["flower"]["command"]
     assert services["flower"].get("profiles") == ["monitoring"]
     # Someone trains and someone answers the server's quick requests; only the trainer needs the GPU reservation.
-    queues = {n: services[n]["command"][services[n]["command"].index("--queues") + 1] for n in ("worker", "service")}
-    assert queues == {"worker": "training", "service": "service"}
-    assert "deploy" not in services["service"]
-    assert services["service"]["volumes"] == services["worker"]["volumes"]
+    names = ("worker", "service", "quick")
+    queues = {n: services[n]["command"][services[n]["command"].index("--queues") + 1] for n in names}
+    assert queues == {"worker": "training", "service": "service", "quick": "quick"}
+    for name in ("service", "quick"):
+        assert "deploy" not in services[name]
+        assert services[name]["volumes"] == services["worker"]["volumes"]
     # Volumes for the database, the broker's data and the shared data directory.
     assert {"pgdata", "redisdata", "data"} <= set(_compose()["volumes"])
