@@ -124,6 +124,7 @@ def test_the_loader_refuses_builder_names_and_reads_hub_ids_only_from_the_hub(
     from worker.training.data import load_rows
     from worker.training.errors import TrainingError
 
+    previous = loading.current_policy()  # restored as it was: SourcePolicy.default() would read the planted cwd
     monkeypatch.chdir(planted)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
@@ -137,7 +138,7 @@ def test_the_loader_refuses_builder_names_and_reads_hub_ids_only_from_the_hub(
             load_rows(DatasetSpec(source="org/name"))
         assert SECRET not in str(refused.value)
     finally:
-        loading.set_policy(SourcePolicy.default())
+        loading.set_policy(previous)
 
 
 def test_the_policy_knows_every_packaged_builder_of_the_installed_datasets() -> None:
