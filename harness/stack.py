@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,18 @@ class Stack:
         run = self.wait_for_run(response.json()["id"], timeout=timeout)
         assert run["status"] == status, run["error"]
         return run
+
+
+def running_stack(data_dir: Path, env: dict[str, str]) -> Iterator[Stack]:
+    """A server with one training and one service worker, as `tunedeck serve` starts them; stopped at the end."""
+    stack = Stack(data_dir=data_dir, env=env)
+    try:
+        stack.start_server()
+        stack.start_worker("training")
+        stack.start_worker("service")
+        yield stack
+    finally:
+        stack.stop()
 
 
 def _python_path(env: dict[str, str]) -> str:

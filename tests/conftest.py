@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness.stack import ROOT, Stack, stack_env
+from harness.stack import ROOT, Stack, running_stack, stack_env
 
 ASSETS_ROOT = ROOT / ".cache" / "test-assets"
 REQUIRE_SERVICES = os.environ.get("TUNEDECK_REQUIRE_SERVICES") == "1"
@@ -66,14 +66,7 @@ def tiny_spec(assets: Any, name: str = "test", **overrides: Any) -> dict[str, An
 def sqlite_stack(tmp_path_factory: pytest.TempPathFactory, tiny_assets: Any) -> Iterator[Stack]:
     """One machine: SQLite and the embedded broker, a server and one worker."""
     data_dir = tmp_path_factory.mktemp("sqlite-stack")
-    stack = Stack(data_dir=data_dir, env=stack_env(data_dir))
-    try:
-        stack.start_server()
-        stack.start_worker("training")
-        stack.start_worker("service")
-        yield stack
-    finally:
-        stack.stop()
+    yield from running_stack(data_dir, stack_env(data_dir))
 
 
 def _services_unavailable(reason: str) -> None:
@@ -122,14 +115,7 @@ def services_stack(
 ) -> Iterator[Stack]:
     """Several machines' setup on one: PostgreSQL and Redis, a server and one worker."""
     data_dir = tmp_path_factory.mktemp("services-stack")
-    stack = Stack(data_dir=data_dir, env=stack_env(data_dir, database_url=postgres_url, broker_url=redis_url))
-    try:
-        stack.start_server()
-        stack.start_worker("training")
-        stack.start_worker("service")
-        yield stack
-    finally:
-        stack.stop()
+    yield from running_stack(data_dir, stack_env(data_dir, database_url=postgres_url, broker_url=redis_url))
 
 
 #: Debian's chromium under Playwright: no sandbox (containers, root), nothing fetched in the background.

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.stack import ROOT, Stack, stack_env
+from harness.stack import ROOT, Stack, running_stack, stack_env
 from tests.conftest import tiny_spec
 
 TRIALS = 4
@@ -24,14 +24,7 @@ STEPS = 8
 
 def _started(data_dir: Any, **env: Any) -> Iterator[Stack]:
     """A stack whose steps take a little while, so a pruning decision reaches the run before it ends."""
-    stack = Stack(data_dir=data_dir, env=stack_env(data_dir, TUNEDECK_TEST_STEP_DELAY_SECONDS="0.4", **env))
-    try:
-        stack.start_server()
-        stack.start_worker("training")
-        stack.start_worker("service")
-        yield stack
-    finally:
-        stack.stop()
+    yield from running_stack(data_dir, stack_env(data_dir, TUNEDECK_TEST_STEP_DELAY_SECONDS="0.4", **env))
 
 
 @pytest.fixture(scope="module")

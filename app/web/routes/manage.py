@@ -7,7 +7,8 @@ Mounted before `runs`, so /runs/bulk/... is not read as /runs/{run_id}/...
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, Response
@@ -68,8 +69,19 @@ class BulkOut(BaseModel):
     skipped: list[dict[str, Any]] = []
 
 
+T = TypeVar("T")
+
+
 def _not_found(exc: run_service.RunNotFound) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"run_ids: runs {exc} do not exist")
+
+
+def _on_existing_runs(action: Callable[[], T]) -> T:
+    """A bulk action over runs that all exist: one that names a missing run is a 404 naming `run_ids`."""
+    try:
+        return action()
+    except run_service.RunNotFound as exc:
+        raise _not_found(exc) from None
 
 
 def _deleted(outcome: manage.Deletion) -> dict[str, Any]:
@@ -88,37 +100,26 @@ def _deleted(outcome: manage.Deletion) -> dict[str, Any]:
 @api_router.post("/runs/bulk/archive", response_model=BulkOut)
 def bulk_archive(body: BulkIds, session: SessionDep) -> Any:
     """Archive the runs: hidden from the default list and from comparisons of a sweep or tag; kept."""
-    try:
-        return {"run_ids": [r.id for r in manage.set_archived(session, body.run_ids, True)]}
-    except run_service.RunNotFound as exc:
-        raise _not_found(exc) from None
+    return {"run_ids": [r.id for r in _on_existing_runs(lambda: manage.set_archived(session, body.run_ids, True))]}
 
 
 @api_router.post("/runs/bulk/restore", response_model=BulkOut)
 def bulk_restore(body: BulkIds, session: SessionDep) -> Any:
     """Take the runs out of the archive."""
-    try:
-        return {"run_ids": [r.id for r in manage.set_archived(session, body.run_ids, False)]}
-    except run_service.RunNotFound as exc:
-        raise _not_found(exc) from None
+    return {"run_ids": [r.id for r in _on_existing_runs(lambda: manage.set_archived(session, body.run_ids, False))]}
 
 
 @api_router.post("/runs/bulk/tag", response_model=BulkOut)
 def bulk_tag(body: BulkTags, session: SessionDep) -> Any:
     """Add tags to (and remove tags from) every run given."""
-    try:
-        return {"run_ids": [r.id for r in manage.tag_runs(session, body.run_ids, body.add, body.remove)]}
-    except run_service.RunNotFound as exc:
-        raise _not_found(exc) from None
+    tagged = _on_existing_runs(lambda: manage.tag_runs(session, body.run_ids, body.add, body.remove))
+    return {"run_ids": [r.id for r in tagged]}
 
 
 @api_router.post("/runs/bulk/cancel", response_model=BulkOut)
 def bulk_cancel(body: BulkIds, session: SessionDep) -> Any:
     """Cancel the queued (at once) and running (at their next step) runs; the others are listed in `skipped`."""
-    try:
-        done = manage.cancel_runs(session, body.run_ids)
-    except run_service.RunNotFound as exc:
-        raise _not_found(exc) from None
+    done = _on_existing_runs(lambda: manage.cancel_runs(session, body.run_ids))
     return {"run_ids": done["cancelled"], "skipped": done["skipped"]}
 
 
@@ -130,9 +131,7 @@ def bulk_cancel(body: BulkIds, session: SessionDep) -> Any:
 )
 def bulk_delete(body: BulkIds, session: SessionDep) -> Any:
     try:
-        return _deleted(manage.delete_runs(session, get_settings(), body.run_ids))
-    except run_service.RunNotFound as exc:
-        raise _not_found(exc) from None
+        return _deleted(_on_existing_runs(lambda: manage.delete_runs(session, get_settings(), body.run_ids)))
     except manage.Refused as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
