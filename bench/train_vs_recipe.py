@@ -107,7 +107,15 @@ NOT_MEASURED_GPU = (
     "no SDPA attention in transformers 5 (it raises), so both sides use its eager attention."
 )
 VARIANTS = ("baseline", "same", "tuned")
-VARIANT_LABELS = {"baseline": "course recipe", "same": "tunedeck, same settings", "tuned": "tunedeck, tuned defaults"}
+#: On a CPU, the tuned defaults again with `training.precision=bf16`: trained beside the others in the rounds
+#: that measure the held-out loss, to show that bf16 on a CPU trains and lands where fp32 does.
+BF16 = "bf16"
+VARIANT_LABELS = {
+    "baseline": "course recipe",
+    "same": "tunedeck, same settings",
+    "tuned": "tunedeck, tuned defaults",
+    BF16: "tunedeck, tuned, bf16",
+}
 TARGET_SAME = 0.97
 TARGET_TUNED = 1.5
 TARGET_LIMIT_SHARE = 0.90
@@ -163,8 +171,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     side = args.side_by_side if args.side_by_side is not None else device == "cpu"
     # Timed repetitions all use SEED (identical work, so each step's fastest repetition is the least disturbed);
     # the held-out loss is computed in the first. More seeds give the loss's spread.
-    schedule = [(rep, SEED, VARIANTS, rep == 0) for rep in range(args.reps)]
-    schedule += [(args.reps + i, SEED + 1 + i, ("baseline", "tuned"), True) for i in range(args.loss_seeds)]
+    bf16: tuple[str, ...] = (BF16,) if device == "cpu" and args.bf16 else ()
+    schedule = [(rep, SEED, VARIANTS + (bf16 if rep == 0 else ()), rep == 0) for rep in range(args.reps)]
+    schedule += [(args.reps + i, SEED + 1 + i, ("baseline", "tuned", *bf16), True) for i in range(args.loss_seeds)]
     started = time.perf_counter()
     results: list[Measured] = []
     with tempfile.TemporaryDirectory(prefix="tunedeck-bench-train-") as scratch, accounted_writers():
@@ -175,6 +184,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             def run_one(turns: Turns | None) -> Measured:
                 if variant == "baseline":
                     return run_baseline(setup, method, seed, work, held_out, turns)
+                if variant == BF16:
+                    bf16_training = {"precision": "bf16"}
+                    return run_tunedeck(
+                        setup, method, BF16, seed, work, held_out, database, turns, training_fields=bf16_training
+                    )
                 return run_tunedeck(setup, method, variant, seed, work, held_out, database, turns)
 
             return run_one
@@ -215,6 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "loss_seeds": args.loss_seeds,
         "side_by_side": side,
         "steps_per_turn": args.steps_per_turn,
+        "bf16": bool(bf16),
         "machine": machine(device),
     }
 
@@ -270,6 +285,7 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "peak": {v: max((r.peak_bytes or 0) for r in timed[v]) or None for v in VARIANTS},
                 "batching": tuned.batching,
                 "trainable": {v: timed[v][0].trainable for v in VARIANTS},
+                "bf16": bf16_summary(results, method),
                 "same_work": all(
                     r.real_tokens == timed[v][0].real_tokens and r.computed_tokens == timed[v][0].computed_tokens
                     for v in VARIANTS
@@ -278,6 +294,35 @@ def summarize(report: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def bf16_summary(results: list[Measured], method: str) -> dict[str, Any] | None:
+    """The bf16 variant against the fp32 tuned one it trained beside: held-out losses per seed, and real tokens/s
+    as a ratio within each round (median)."""
+    bf16 = {r.seed: r for r in results if r.method == method and r.variant == BF16}
+    if not bf16:
+        return None
+    first_round = {seed: min(r.rep for r in results if r.method == method and r.seed == seed) for seed in bf16}
+    fp32 = {
+        seed: next(r for r in results if r.method == method and r.variant == "tuned" and r.rep == first_round[seed])
+        for seed in bf16
+    }
+    return {
+        "losses": {seed: r.eval_loss for seed, r in bf16.items() if r.eval_loss is not None},
+        "fp32_losses": {seed: r.eval_loss for seed, r in fp32.items() if r.eval_loss is not None},
+        "speed": statistics.median(bf16[s].tokens_per_second / fp32[s].tokens_per_second for s in bf16),
+        "dtypes": (bf16[min(bf16)].details or {}).get("dtypes"),
+    }
+
+
+def bf16_verdict(row: dict[str, Any]) -> tuple[float, float, bool]:
+    """(mean bf16 − mean fp32 held-out loss, the noise it is held to, within it?). The noise is the recipe's
+    spread over seeds, at least LOSS_FLOOR."""
+    bf16 = row["bf16"]
+    diff = statistics.mean(bf16["losses"].values()) - statistics.mean(bf16["fp32_losses"].values())
+    base = list(row["losses"]["baseline"].values())
+    noise = max(max(base) - min(base) if len(base) > 1 else 0.0, LOSS_FLOOR)
+    return diff, noise, abs(diff) <= noise
 
 
 def _losses(values: dict[int, float]) -> str:
@@ -358,6 +403,8 @@ def render(report: dict[str, Any], summary: list[dict[str, Any]]) -> str:
             f"| {row['method']} | {_losses(row['losses']['baseline'])} | {_losses(row['losses']['same'])} | "
             f"{_losses(row['losses']['tuned'])} | {diff:+.3f} | {spread:.3f} | {'✓' if ok else '✗'} |"
         )
+    if report.get("bf16"):
+        lines += ["", *render_bf16(summary)]
     lines += [
         "",
         "Tokens/s: real (non-pad) tokens of the batches trained over the time of their optimizer steps (a step's "
@@ -365,7 +412,7 @@ def render(report: dict[str, Any], summary: list[dict[str, Any]]) -> str:
         "optimizer, every callback and log; tunedeck logs every step to the dashboard, the recipe every 10), "
         "the median of the timed repetitions; ratios are the median of the ratios within each repetition. "
         + (
-            f"The three variants of a repetition train side by side in threads, taking {report['steps_per_turn']} "
+            f"The variants of a repetition train side by side in threads, taking {report['steps_per_turn']} "
             f"step{'' if report['steps_per_turn'] == 1 else 's'} each in turn (one computes while the others "
             "wait; each dashboard writer writes only in its own run's turn, so its cost lands on its own steps; "
             "the order of a round alternates, so each follows each of the others equally often), so they meet "
@@ -398,6 +445,38 @@ def render(report: dict[str, Any], summary: list[dict[str, Any]]) -> str:
     if not all(row["same_work"] for row in summary):
         lines += ["", "**Warning:** repetitions at the same seed did not train the same tokens."]
     return "\n".join(lines)
+
+
+def _dtypes(dtypes: dict[str, Any] | None) -> str:
+    if not dtypes:
+        return "–"
+    short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    parts = [f"{key} {short.get(str(dtypes.get(key)), dtypes.get(key))}" for key in ("base", "trainable", "compute")]
+    return ", ".join(parts) + (", fp32 master weights" if dtypes.get("master_weights") else "")
+
+
+def render_bf16(summary: list[dict[str, Any]]) -> list[str]:
+    """The bf16-on-CPU table: held-out loss beside the fp32 tuned run at the same seeds, and the speed."""
+    lines = [
+        "bf16 on a CPU (`training.precision=bf16`, otherwise the tuned defaults; trained beside the others in the "
+        "rounds that measure the held-out loss): it trains, and its held-out loss is held to the noise of the "
+        "recipe's spread over seeds (at least 0.001).",
+        "",
+        "| method | tuned fp32: held-out loss | tuned bf16 (same seeds) | bf16 − fp32 (means) | noise | within it | "
+        "bf16 real tok/s ÷ fp32 | dtypes (the run's `details.dtypes`) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in summary:
+        if not row.get("bf16"):
+            continue
+        diff, noise, ok = bf16_verdict(row)
+        dtypes = row["bf16"]["dtypes"]
+        lines.append(
+            f"| {row['method']} | {_losses(row['bf16']['fp32_losses'])} | {_losses(row['bf16']['losses'])} | "
+            f"{diff:+.4f} | {noise:.3f} | {'✓' if ok else '✗'} | {row['bf16']['speed']:.2f} | "
+            f"{_dtypes(dtypes)} |"
+        )
+    return lines
 
 
 def write_device_part(path: Path, device: str, body: str) -> None:
@@ -455,6 +534,16 @@ def figures(report: dict[str, Any], summary: list[dict[str, Any]]) -> list[Any]:
                 "",
             ),
         ]
+        if row.get("bf16"):
+            bf16_diff, noise, _ = bf16_verdict(row)
+            out.append(
+                Figure(
+                    f"{name}: bf16 on a CPU, |held-out loss bf16 − fp32| (target: at most the seeds' noise)",
+                    abs(bf16_diff),
+                    noise,
+                    "",
+                )
+            )
     return out
 
 
@@ -482,6 +571,12 @@ def main(argv: list[str] | None = None) -> list[Any]:
         nargs="?",
         const=ROOT / "BENCHMARKS.md",
         help="replace this device's part of the section in BENCHMARKS.md (or the file given)",
+    )
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on a CPU, also train the tuned defaults in bf16 in the held-out-loss rounds (default: on)",
     )
     parser.add_argument("--json", type=Path, help="also dump the raw measurements here")
     args = parser.parse_args(argv)
