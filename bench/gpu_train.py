@@ -10,7 +10,10 @@ instruction rows (tokenized by the demo tokenizer) twice, interleaved (the order
   Liger's kernels where installed, length grouping or packing, logits only where learned;
 * **recipe**: HF Trainer + peft as a user writes it (bench/train/recipe.py): a PEFT method's base loaded in bf16,
   sdpa attention (eager for Bloom, which has none), random batch order, padding to the batch's longest sample;
-  full fine-tuning loads fp32 under bf16 autocast.
+  full fine-tuning loads fp32 under bf16 autocast. Its QLoRA calls `prepare_model_for_kbit_training` as peft's
+  QLoRA guide and the QLoRA scripts do, which casts every parameter left unquantized (embeddings, norms, the
+  head) to fp32; tunedeck skips it over a 16-bit base (runspec/methods/qlora.py says why), so the QLoRA rows'
+  ratios and memory include that choice, not only the training loop.
 
 Printed and written (`--out`: gpu-train.json and gpu-train.md): real (non-pad) tokens/s over the steps after the
 first three, the ratio tunedeck / recipe, MFU (4N FLOPs a token for a frozen base, 6N for full, N the matmul
