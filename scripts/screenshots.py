@@ -4,7 +4,8 @@
     TUNEDECK_DATA_DIR=/tmp/shots .venv/bin/tunedeck serve --demo --port 8123 &
     .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:8123
 
-It waits until a LoRA demo run has finished, then writes docs/screenshots/{runs,run,new-run,workers}.png.
+It waits until a LoRA demo run has finished, labels a few runs as a user would (tags, a note), waits for the demo
+sweeps to end, then writes docs/screenshots/{runs,run,new-run,sweep,compare,workers}.png.
 """
 
 from __future__ import annotations
@@ -51,6 +52,36 @@ def wait_for_run_to_show(url: str, run_id: int | None, timeout: float) -> dict[s
         time.sleep(2)
 
 
+def wait_for_sweeps(url: str, timeout: float) -> list[dict[str, Any]]:
+    """The demo sweeps, once none of their runs is queued or running (their pages then show every view)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sweeps = httpx.get(f"{url}/api/sweeps", timeout=10).json()["items"]
+        runs = httpx.get(f"{url}/api/runs", params={"limit": 200}, timeout=10).json()["items"]
+        if sweeps and not any(run["status"] in {"queued", "running"} for run in runs):
+            return list(sweeps)
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the demo sweeps had not ended after {timeout:.0f} s")
+        time.sleep(3)
+
+
+def label_runs(url: str, shown: dict[str, Any]) -> None:
+    """Tags and a note, as a user adds them after a sweep (PATCH /api/runs/{id})."""
+    runs = httpx.get(f"{url}/api/runs", params={"limit": 200}, timeout=10).json()["items"]
+    for run in runs:
+        tags = ["demo", run["method"].replace("_", "-")]
+        if run["name"].startswith("demo ranks"):
+            tags.append("rank-sweep")
+        httpx.patch(f"{url}/api/runs/{run['id']}", json={"tags": tags}, timeout=10).raise_for_status()
+    note = "Baseline for the rank sweep: r16 on q/v. Compare held-out BLEU with r8 before going further."
+    httpx.patch(f"{url}/api/runs/{shown['id']}", json={"notes": note}, timeout=10).raise_for_status()
+
+
+def wait_drawn(page: Any) -> None:
+    for figure in page.locator("figure.chart").all():
+        figure.and_(page.locator('[data-drawn="true"]')).wait_for(timeout=30_000)
+
+
 def visit(page: Any, url: str) -> None:
     response = page.goto(url)
     if response is None or not response.ok:
@@ -85,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     url = args.url.rstrip("/")
     run = wait_for_run_to_show(url, args.run, args.timeout)
     print(f"showing run {run['id']} ({run['name']})")
+    sweeps = wait_for_sweeps(url, args.timeout)
+    label_runs(url, run)
+    by_name = {sweep["name"]: sweep for sweep in sweeps}
+    ranks, methods = by_name.get("demo ranks", sweeps[0]), by_name.get("demo methods", sweeps[-1])
     args.out.mkdir(parents=True, exist_ok=True)
 
     with sync_playwright() as playwright:
@@ -92,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
         page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
 
         visit(page, f"{url}/")
+        # two runs ticked: the bulk actions (compare, tag, archive, cancel, delete) appear above the table
+        boxes = page.locator('input[type="checkbox"][name="run_ids"]')
+        for index in range(min(2, boxes.count())):
+            boxes.nth(index).check()
         page.screenshot(path=args.out / "runs.png")
 
         visit(page, f"{url}/runs/new")
@@ -104,18 +143,27 @@ def main(argv: list[str] | None = None) -> None:
         page.screenshot(path=args.out / "new-run.png", full_page=True)
 
         visit(page, f"{url}/runs/{run['id']}")
-        for figure in page.locator("figure.chart").all():
-            figure.and_(page.locator('[data-drawn="true"]')).wait_for(timeout=30_000)
+        wait_drawn(page)
         # Down to the end of the curves: the panels below (generation, export, spec) have screenshots of their own.
         bottom = page.locator("#charts").evaluate("(el) => el.getBoundingClientRect().bottom + window.scrollY")
         clip = {"x": 0, "y": 0, "width": VIEWPORT["width"], "height": bottom + 16}
         page.screenshot(path=args.out / "run.png", full_page=True, clip=clip)
 
+        visit(page, f"{url}/sweeps/{ranks['id']}")
+        wait_drawn(page)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=args.out / "sweep.png", full_page=True)
+
+        visit(page, f"{url}/compare?sweep_id={methods['id']}")
+        wait_drawn(page)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=args.out / "compare.png", full_page=True)
+
         visit(page, f"{url}/workers")
         page.screenshot(path=args.out / "workers.png", full_page=True)
         browser.close()
 
-    for name in ("runs.png", "new-run.png", "run.png", "workers.png"):
+    for name in ("runs.png", "new-run.png", "run.png", "sweep.png", "compare.png", "workers.png"):
         path = args.out / name
         print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {path.stat().st_size // 1024} KiB")
 
