@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install run test test-fast lint format bench bench-gpu browser clean
+.PHONY: install run test test-fast lint format bench bench-gpu gpu-kit browser clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ bench: install browser
 BENCH_OUT ?= $(or $(OUT),bench-results)
 bench-gpu:
 	$(PY) -m bench.gpu_train --out $(BENCH_OUT)
+
+# For a lent GPU machine that reaches no registry (the `device` tool): the wheels its image lacks, into .whl/;
+# there, `bash bench/gpu_device.sh` (carry .whl) installs them and runs bench-gpu (bench/gpu_kit.py says how).
+gpu-kit: install
+	$(PY) -m bench.gpu_kit
 
 clean:
 	rm -rf data .cache .pytest_cache .mypy_cache .ruff_cache

@@ -318,7 +318,12 @@ def main(argv: list[str] | None = None) -> Any:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--smoke", action="store_true", help="no GPU needed: tiny shapes, 2 steps")
     parser.add_argument("--write", type=Path, nargs="?", const=ROOT / "BENCHMARKS.md", help="put the table there")
+    parser.add_argument(
+        "--record", type=Path, help="no training: render a gpu-train.json a GPU machine wrote (with --write: record it)"
+    )
     args = parser.parse_args(argv)
+    if args.record:
+        return record(json.loads(args.record.read_text(encoding="utf-8")), args.write)
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -380,16 +385,21 @@ def main(argv: list[str] | None = None) -> Any:
         "two_per_gpu": pair,
         "pair_shape": pair_shape,
     }
-    text = render(report)
-    print(text, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu-train.json").write_text(json.dumps(report, indent=1, default=str))
-    (args.out / "gpu-train.md").write_text(f"## GPU training bench (`make bench-gpu`)\n\n{text}\n")
+    (args.out / "gpu-train.md").write_text(f"## GPU training bench (`make bench-gpu`)\n\n{render(report)}\n")
     print(f"wrote {args.out / 'gpu-train.json'} and gpu-train.md", flush=True)
-    if args.write:
+    return record(report, args.write)
+
+
+def record(report: dict[str, Any], write: Path | None) -> list[Any]:
+    """Print the table (and with `write`, put it in that file's section); the figures for `make bench`'s summary."""
+    text = render(report)
+    print(text, flush=True)
+    if write:
         from bench.report import write_section
 
-        write_section(SECTION, f"## Training on one GPU (`make bench-gpu`)\n\n{text}", args.write)
+        write_section(SECTION, f"## Training on one GPU (`make bench-gpu`)\n\n{text}", write)
     return figures(report)
 
 
