@@ -383,7 +383,9 @@ def test_hub_lookups_fail_fast_when_the_hub_is_unreachable(tmp_path: Path) -> No
         assert answer.status_code == 422, answer.text
         assert "the Hugging Face hub" in answer.text and "unreachable from worker offline-quick" in answer.text
         assert "HF_HUB_OFFLINE" in answer.text
-    assert first_seconds < 15, f"the first lookup took {first_seconds:.1f} s"
+    # The first lookup also pays the fresh worker's first task (its imports: 5-12 s on two loaded cores); without
+    # the short try the web would give up on it with "no worker answered" instead of the 422 asserted above.
+    assert first_seconds < 25, f"the first lookup took {first_seconds:.1f} s"
     assert second_seconds < 3, f"the remembered lookup took {second_seconds:.1f} s"
 
 
