@@ -1,0 +1,63 @@
+"""Run lists at 100,000 runs: every list hides archived runs, so the indexes a list walks lead with `archived`
+and end with the tie-break (newest first), and a page's ids, its next page (a keyset cursor) and its count come
+from one index, never from the runs' rows (their JSON columns make each row read expensive). Status and method
+get both directions (ties are newest first either way); names are nearly unique, so one suffices.
+
+On PostgreSQL a pg_trgm GIN index answers `name` substring searches (lower(name) LIKE) for rare matches; pg_trgm is a
+trusted extension (PostgreSQL 13+), so a database owner may create it. Where it cannot be created the index is
+left out and searches scan the name index instead (slower, still correct).
+
+Then ANALYZE runs, so both planners choose among the indexes by their statistics.
+
+Revision ID: 0011_runs_list_scale
+Revises: 0010_compare_scale
+Create Date: 2026-12-02 20:40:00.000000
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0011_runs_list_scale"
+down_revision = "0010_compare_scale"
+branch_labels = None
+depends_on = None
+
+log = logging.getLogger("alembic.runtime.migration")
+
+LIST_INDEXES = {
+    "ix_runs_list_status": ["archived", "status", sa.text("id DESC")],
+    "ix_runs_list_status_desc": ["archived", sa.text("status DESC"), sa.text("id DESC")],
+    "ix_runs_list_method": ["archived", "method", sa.text("id DESC")],
+    "ix_runs_list_method_desc": ["archived", sa.text("method DESC"), sa.text("id DESC")],
+    "ix_runs_list_name": ["archived", "name", sa.text("id DESC")],
+}
+TRIGRAM_INDEX = "ix_runs_name_trgm"
+
+
+def upgrade() -> None:
+    for name, columns in LIST_INDEXES.items():
+        op.create_index(name, "runs", columns)
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        savepoint = bind.begin_nested()
+        try:
+            bind.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+        except sa.exc.DBAPIError as exc:
+            savepoint.rollback()
+            log.warning("pg_trgm is not available (%s): name searches scan the name index", exc.orig)
+        else:
+            savepoint.commit()
+            op.create_index(
+                TRIGRAM_INDEX, "runs", ["name"], postgresql_using="gin", postgresql_ops={"name": "gin_trgm_ops"}
+            )
+    bind.execute(sa.text("ANALYZE runs"))
+
+
+def downgrade() -> None:
+    op.execute(f"DROP INDEX IF EXISTS {TRIGRAM_INDEX}")
+    for name in LIST_INDEXES:
+        op.drop_index(name, table_name="runs")
