@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -76,3 +77,129 @@ def test_filters_and_delete(session: Session, tmp_path: Path) -> None:
     with pytest.raises(manage.Refused):
         manage._delete(session, settings, [session.get(Run, b.id)], manage.Deletion())  # type: ignore[list-item]
     assert folder_b.is_dir() and session.get(Run, b.id) is not None
+
+
+def many_runs(session: Session, count: int) -> list[Run]:
+    """Runs with repeated statuses and methods, tied and missing losses, a few archived: every sort has ties and
+    nulls to order."""
+    statuses, methods = ["succeeded", "failed", "queued"], ["lora", "qlora", "ia3", "full"]
+    runs = [
+        Run(
+            name=f"{'Alpha' if i % 3 == 0 else 'beta'}-{i % 17:02d}",  # names repeat too
+            status=statuses[i % 3],
+            method=methods[i % 4],
+            model="m",
+            spec={},
+            spec_hash="h",
+            details={},
+            latest_metrics={},
+            final_train_loss=None if i % 5 == 0 else float(i % 7),
+            final_eval_loss=None if i % 2 else float(i % 4) / 3,
+            disk_bytes=None if i % 3 == 1 else (i % 6) * 1000,
+            archived=i % 11 == 0,
+        )
+        for i in range(count)
+    ]
+    session.add_all(runs)
+    session.commit()
+    return runs
+
+
+def expected_order(runs: list[Run], sort: str) -> list[int]:
+    """RUN_SORTS' order computed here: runs without a value last, ties newest first."""
+    key = sort.removeprefix("-")
+    attribute = run_service.RUN_SORTS[key].key
+    descending = sort.startswith("-")
+    newest = sorted(runs, key=lambda r: -r.id)
+    if key == "created":
+        return [r.id for r in (newest if descending else newest[::-1])]
+    valued = sorted((r for r in newest if getattr(r, attribute) is not None), key=lambda r: getattr(r, attribute))
+    if descending:  # a stable sort keeps ties newest first
+        valued = sorted(valued, key=lambda r: getattr(r, attribute), reverse=True)
+    return [r.id for r in valued] + [r.id for r in newest if getattr(r, attribute) is None]
+
+
+def pages_by(session: Session, how: str, sort: str, **filters: Any) -> tuple[list[int], int]:
+    """Every page of a list, 7 runs a page, by offset or by cursor; the ids in order and the total."""
+    ids: list[int] = []
+    cursor: str | None = None
+    while True:
+        if how == "offset":
+            page = run_service.list_runs(session, sort=sort, limit=7, offset=len(ids), **filters)
+        else:
+            page = run_service.list_runs(session, sort=sort, limit=7, cursor=cursor, **filters)
+        ids += [r.id for r in page.items]
+        cursor = page.next_cursor
+        if (how == "offset" and len(page.items) < 7) or (how == "cursor" and cursor is None):
+            return ids, page.total
+        assert len(page.items) == 7
+
+
+@pytest.mark.parametrize("filters", [{}, {"status": "failed"}, {"method": "lora", "name": "ALPHA"}, {"archived": None}])
+def test_cursor_pages_are_the_offset_pages(session: Session, filters: dict[str, Any]) -> None:
+    runs = many_runs(session, 80)
+    for sort in run_service.SORT_CHOICES:
+        by_offset, total = pages_by(session, "offset", sort, **filters)
+        by_cursor, cursor_total = pages_by(session, "cursor", sort, **filters)
+        chosen = [
+            r
+            for r in runs
+            if (filters.get("archived", False) is None or r.archived == filters.get("archived", False))
+            and r.status == filters.get("status", r.status)
+            and r.method == filters.get("method", r.method)
+            and filters.get("name", "").lower() in r.name.lower()
+        ]
+        assert by_cursor == by_offset == expected_order(chosen, sort), sort
+        assert total == cursor_total == len(chosen), sort
+
+
+def test_an_offset_past_the_runs_with_a_value_lands_among_those_without(session: Session) -> None:
+    runs = many_runs(session, 40)
+    order = expected_order([r for r in runs if not r.archived], "-eval_loss")
+    for offset in (0, 10, 19, 20, 21, 33, 35, 60):
+        page = run_service.list_runs(session, sort="-eval_loss", limit=3, offset=offset)
+        assert [r.id for r in page.items] == order[offset : offset + 3], offset
+        assert page.total == len(order)
+
+
+def test_cursors_that_are_not_ours_are_refused(session: Session) -> None:
+    from tunedeck_state.run_lists import encode_cursor
+
+    many_runs(session, 10)
+    cursor = run_service.list_runs(session, sort="train_loss", limit=2).next_cursor
+    assert cursor
+    for sort, bad in [
+        ("train_loss", "not-base64!"),
+        ("train_loss", encode_cursor("train_loss", "a string, not a loss", 5)),  # never compared in SQL
+        ("created", encode_cursor("created", None, 5)),  # ids are never missing
+        ("name", encode_cursor("name", True, 5)),
+    ]:
+        with pytest.raises(run_service.InvalidCursor, match="not one this server gave"):
+            run_service.list_runs(session, sort=sort, cursor=bad)
+    with pytest.raises(run_service.InvalidCursor, match="made for sort=train_loss"):
+        run_service.list_runs(session, sort="name", cursor=cursor)
+    with pytest.raises(run_service.InvalidCursor, match="not both"):
+        run_service.list_runs(session, sort="train_loss", cursor=cursor, offset=2)
+
+
+def test_the_runs_pages_next_link_follows_the_cursor(session: Session) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from app.web.routes.runs import RUNS_PER_PAGE, RunsQuery, _runs_context
+
+    runs = many_runs(session, 2 * RUNS_PER_PAGE + 30)
+    order = expected_order([r for r in runs if not r.archived], "status")
+    query = RunsQuery(status=None, method=None, name=None, sort="status", page=1)
+    seen: list[int] = []
+    for number in (1, 2, 3):
+        context = _runs_context(session, query)
+        seen += [r.id for r in context["runs"]]
+        assert context["query"].page == number and context["pages"] == 3
+        if number == 3:
+            assert context["next_url"] is None
+            break
+        params = parse_qs(urlsplit(context["next_url"]).query)
+        assert params["page"] == [str(number + 1)] and params["sort"] == ["status"] and params["cursor"]
+        query = RunsQuery(None, None, None, "status", number + 1, cursor=params["cursor"][0])
+        assert context["prev_url"] is None or "cursor" not in context["prev_url"]
+    assert seen == order

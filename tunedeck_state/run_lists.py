@@ -87,6 +87,8 @@ def list_runs(
     if cursor and offset:
         raise InvalidCursor("give cursor or offset, not both")
     after = decode_cursor(cursor, sort) if cursor else None
+    if after and not _fits(after[0], column):
+        raise InvalidCursor("cursor is not one this server gave: use next_cursor from a list's answer")
     conditions, counted = _filters(status, method, name, tag, archived, column, session.get_bind().dialect.name)
     ids = _page_ids(session, _Order(column, sort.startswith("-")), conditions, limit + 1, offset, after)
     more, ids = len(ids) > limit, ids[:limit]
@@ -98,6 +100,17 @@ def list_runs(
         total = session.scalar(select(func.count()).select_from(Run).where(*counted)) or 0
     next_cursor = encode_cursor(sort, getattr(items[-1], column.key), items[-1].id) if more and items else None
     return RunPage(items=items, total=total, limit=limit, offset=offset, next_cursor=next_cursor)
+
+
+def _fits(value: Any, column: Any) -> bool:
+    """Whether a cursor's value can be compared with the sort column (a made-up cursor must not reach SQL as a
+    string compared with a number)."""
+    if value is None:
+        return bool(column.nullable) and column is not Run.id
+    if isinstance(value, bool):
+        return False
+    kind = column.type.python_type
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
 
 
 def name_contains(text: str, dialect: str) -> ColumnElement[bool]:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
@@ -248,7 +249,8 @@ def list_runs(
             cursor=cursor or None,
         )
     except run_service.InvalidCursor as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"cursor: {exc}") from None
+        problem = {"type": "value_error", "loc": ("query", "cursor"), "msg": str(exc), "input": cursor}
+        raise RequestValidationError([problem]) from None
     return {
         "items": page.items,
         "total": page.total,
