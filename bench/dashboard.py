@@ -225,14 +225,22 @@ serves it; {args.requests} calls of each list request, interleaved.
 {machine()}. PostgreSQL runs on the same machine.
 
 **Runs list** (target: p95 under 50 ms), `GET /api/runs` (50 runs a page, with spec, details and latest values)
-and the runs page (50 a page, rendered), filtered, searched and sorted (the deepest offsets scale with the
-fixture):
+and the runs page (50 a page, rendered), filtered, searched and sorted, deep pages reached by offset and by
+cursor:
 
 {chr(10).join(rows)}
 
-A list never reads the metrics table: its columns come from the runs' latest-value summary. Sorting by name,
-status, method, train or eval loss walks an index (0005; 0007 makes each loss index cover the filters); the page's
-50 ids are found from the indexes alone, then only those rows are read.
+A list never reads the metrics table: its columns come from the runs' latest-value summary. Every list hides
+archived runs, so the indexes it walks lead with `archived` and end with the tie-break, newest first (migration
+0011; 0007's loss indexes cover the filters): a page's 50 ids, a deep offset and the count are read from one index
+alone, then only those 50 rows. A nullable sort (the losses, disk) reads the runs with a value, then those without,
+as two index-ordered queries (NULLS LAST cannot be read from an index in both directions). The runs page's Next
+link, and `next_cursor` in `GET /api/runs`, seek to the page after the last row shown (a keyset cursor) instead of
+counting an offset; `offset` still works. A name search scans the name index (SQLite: `name LIKE`, which ignores
+ASCII case as SQLite's lower() does, 3x cheaper than lower(name) on each row); PostgreSQL has a pg_trgm index on
+lower(name) for rare matches. The fixture ends as a deployment's database would be: ANALYZEd (SQLite; `tunedeck
+serve` re-ANALYZEs runs when its statistics are 2x off) and VACUUM ANALYZEd (PostgreSQL's autovacuum, off on the
+test server: without it a count reads the table instead of the index, 3–10x slower).
 
 **Comparison of the {len(seeded.compared_ids)} runs** ({seeded.metric_rows / 1e6:.0f} M points):
 
