@@ -203,3 +203,18 @@ def test_the_runs_pages_next_link_follows_the_cursor(session: Session) -> None:
         query = RunsQuery(None, None, None, "status", number + 1, cursor=params["cursor"][0])
         assert context["prev_url"] is None or "cursor" not in context["prev_url"]
     assert seen == order
+
+
+def test_run_list_indexes_are_there_after_migrating(session: Session) -> None:
+    """Migration 0011: the list indexes on both databases, PostgreSQL's trigram index on the expression that name
+    searches compare (an index on plain `name` would never be used by lower(name) LIKE)."""
+    from sqlalchemy import inspect, text
+
+    from tunedeck_state.run_lists import name_contains
+
+    names = {index["name"] for index in inspect(session.connection()).get_indexes("runs")}
+    assert {"ix_runs_list_status", "ix_runs_list_status_desc", "ix_runs_list_method", "ix_runs_list_name"} <= names
+    if session.get_bind().dialect.name == "postgresql":
+        definition = session.scalar(text("SELECT pg_get_indexdef('ix_runs_name_trgm'::regclass)"))
+        assert definition is not None and "gin (lower((name)::text) gin_trgm_ops)" in definition
+        assert str(name_contains("x", "postgresql").compile()).startswith("lower(runs.name)")

@@ -51,9 +51,7 @@ def upgrade() -> None:
             log.warning("pg_trgm is not available (%s): name searches scan the name index", exc.orig)
         else:
             savepoint.commit()
-            op.create_index(
-                TRIGRAM_INDEX, "runs", ["name"], postgresql_using="gin", postgresql_ops={"name": "gin_trgm_ops"}
-            )
+            op.execute(f"CREATE INDEX {TRIGRAM_INDEX} ON runs USING gin (lower(name) gin_trgm_ops)")
     bind.execute(sa.text("ANALYZE runs"))
 
 
