@@ -173,6 +173,8 @@ def test_cursors_that_are_not_ours_are_refused(session: Session) -> None:
         ("train_loss", encode_cursor("train_loss", "a string, not a loss", 5)),  # never compared in SQL
         ("created", encode_cursor("created", None, 5)),  # ids are never missing
         ("name", encode_cursor("name", True, 5)),
+        ("name", encode_cursor("name", "beta", 10**30)),  # beyond any id column
+        ("disk", encode_cursor("disk", 10**30, 5)),
     ]:
         with pytest.raises(run_service.InvalidCursor, match="not one this server gave"):
             run_service.list_runs(session, sort=sort, cursor=bad)
@@ -206,8 +208,9 @@ def test_the_runs_pages_next_link_follows_the_cursor(session: Session) -> None:
 
 
 def test_run_list_indexes_are_there_after_migrating(session: Session) -> None:
-    """Migration 0011: the list indexes on both databases, PostgreSQL's trigram index on the expression that name
-    searches compare (an index on plain `name` would never be used by lower(name) LIKE)."""
+    many_runs(session, 3)
+    """Migration 0011: the list indexes on both databases; on PostgreSQL the lower-cased names that searches
+    compare, kept by the database as names change, and their trigram index."""
     from sqlalchemy import inspect, text
 
     from tunedeck_state.run_lists import name_contains
@@ -216,5 +219,7 @@ def test_run_list_indexes_are_there_after_migrating(session: Session) -> None:
     assert {"ix_runs_list_status", "ix_runs_list_status_desc", "ix_runs_list_method", "ix_runs_list_name"} <= names
     if session.get_bind().dialect.name == "postgresql":
         definition = session.scalar(text("SELECT pg_get_indexdef('ix_runs_name_trgm'::regclass)"))
-        assert definition is not None and "gin (lower((name)::text) gin_trgm_ops)" in definition
-        assert str(name_contains("x", "postgresql").compile()).startswith("lower(runs.name)")
+        assert definition is not None and "gin (name_folded gin_trgm_ops)" in definition
+        assert str(name_contains("x", "postgresql").compile()).startswith("runs.name_folded LIKE")
+        session.execute(text("UPDATE runs SET name = 'Mixed-CASE-Ä' WHERE id = (SELECT min(id) FROM runs)"))
+        assert session.scalar(text("SELECT name_folded FROM runs WHERE name = 'Mixed-CASE-Ä'")) == "mixed-case-ä"
