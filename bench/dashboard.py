@@ -237,10 +237,11 @@ alone, then only those 50 rows. A nullable sort (the losses, disk) reads the run
 as two index-ordered queries (NULLS LAST cannot be read from an index in both directions). The runs page's Next
 link, and `next_cursor` in `GET /api/runs`, seek to the page after the last row shown (a keyset cursor) instead of
 counting an offset; `offset` still works. A name search scans the name index (SQLite: `name LIKE`, which ignores
-ASCII case as SQLite's lower() does, 3x cheaper than lower(name) on each row); PostgreSQL has a pg_trgm index on
-lower(name) for rare matches. The fixture ends as a deployment's database would be: ANALYZEd (SQLite; `tunedeck
-serve` re-ANALYZEs runs when its statistics are 2x off) and VACUUM ANALYZEd (PostgreSQL's autovacuum, off on the
-test server: without it a count reads the table instead of the index, 3–10x slower).
+ASCII case as SQLite's lower() does, 3x cheaper than lower(name) on each row; PostgreSQL: `name_folded`, the name
+lower-cased when written, 2x cheaper than lower(name) on each row, with a pg_trgm index on it for rare
+matches). The fixture ends as a deployment's database would be: ANALYZEd (SQLite; `tunedeck serve` re-ANALYZEs
+runs when its statistics are 2x off) and VACUUM ANALYZEd (PostgreSQL's autovacuum, off on the test server: without
+it a count reads the table instead of the index, 3–10x slower).
 
 **Comparison of the {len(seeded.compared_ids)} runs** ({seeded.metric_rows / 1e6:.0f} M points):
 
