@@ -178,6 +178,8 @@ def test_cursors_that_are_not_ours_are_refused(session: Session) -> None:
     ]:
         with pytest.raises(run_service.InvalidCursor, match="not one this server gave"):
             run_service.list_runs(session, sort=sort, cursor=bad)
+    longest = encode_cursor("-train_loss", "\U0001d518" * 100, -(2**63))  # longer than any real one
+    assert len(longest) <= run_service.CURSOR_MAX_CHARS
     with pytest.raises(run_service.InvalidCursor, match="made for sort=train_loss"):
         run_service.list_runs(session, sort="name", cursor=cursor)
     with pytest.raises(run_service.InvalidCursor, match="not both"):

@@ -44,9 +44,13 @@ class InvalidCursor(ValueError):
     pass
 
 
+#: The longest cursor encode_cursor makes: a 100-character name of 4-byte characters, the longest sort, a 64-bit id.
+CURSOR_MAX_CHARS = 700
+
+
 def encode_cursor(sort: str, value: Any, run_id: int) -> str:
     """An opaque position in a sorted list: after the run `run_id`, whose sort value is `value`."""
-    raw = json.dumps([sort, value, run_id], separators=(",", ":")).encode()
+    raw = json.dumps([sort, value, run_id], separators=(",", ":"), ensure_ascii=False).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

@@ -18,6 +18,7 @@ from runspec import RunSpec
 from tunedeck_state.models import Metric, Run, RunEvent, RunLog, RunStatus, utcnow
 from tunedeck_state.rollups import write_rollups
 from tunedeck_state.run_lists import (  # noqa: F401 (the run service's list, as callers import it)
+    CURSOR_MAX_CHARS,
     RUN_SORTS,
     SORT_CHOICES,
     InvalidCursor,

@@ -82,7 +82,7 @@ def runs_query(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     tag: Annotated[str | None, Query(max_length=32)] = None,
     archived: Annotated[str | None, Query(max_length=8)] = None,
-    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    cursor: Annotated[str | None, Query(max_length=run_service.CURSOR_MAX_CHARS)] = None,
 ) -> RunsQuery:
     statuses = [s.value for s in RunStatus]
     if status_ and status_ not in statuses:
@@ -229,7 +229,10 @@ def list_runs(
     offset: Annotated[int, Query(ge=0)] = 0,
     cursor: Annotated[
         str | None,
-        Query(max_length=400, description="Where the page starts: a `next_cursor` of the same list (not with offset)."),
+        Query(
+            max_length=run_service.CURSOR_MAX_CHARS,
+            description="Where the page starts: a `next_cursor` of the same list (not with offset).",
+        ),
     ] = None,
 ) -> Any:
     """A page of runs, newest first unless `sort` says otherwise. Read from indexes and the runs' latest-value
