@@ -225,3 +225,18 @@ def test_run_list_indexes_are_there_after_migrating(session: Session) -> None:
         assert str(name_contains("x", "postgresql").compile()).startswith("runs.name_folded LIKE")
         session.execute(text("UPDATE runs SET name = 'Mixed-CASE-Ä' WHERE id = (SELECT min(id) FROM runs)"))
         assert session.scalar(text("SELECT name_folded FROM runs WHERE name = 'Mixed-CASE-Ä'")) == "mixed-case-ä"
+
+
+def test_run_statistics_are_refreshed_when_the_table_has_grown(session: Session) -> None:
+    from sqlalchemy import insert
+
+    from tunedeck_state.migrate import refresh_run_statistics
+
+    row = {"name": "bulk", "status": "succeeded", "method": "lora", "model": "m", "spec": {}, "spec_hash": "h"}
+    session.execute(insert(Run), [{**row, "details": {}, "latest_metrics": {}} for _ in range(1500)])
+    session.commit()
+    assert refresh_run_statistics(session.connection())  # bulk-loaded: the planner's estimate is far off
+    session.commit()
+    assert not refresh_run_statistics(session.connection())  # now it knows
+    session.execute(insert(Run), [{**row, "details": {}, "latest_metrics": {}} for _ in range(3000)])
+    assert refresh_run_statistics(session.connection())  # tripled
