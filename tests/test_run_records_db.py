@@ -240,3 +240,46 @@ def test_run_statistics_are_refreshed_when_the_table_has_grown(session: Session)
     assert not refresh_run_statistics(session.connection())  # now it knows
     session.execute(insert(Run), [{**row, "details": {}, "latest_metrics": {}} for _ in range(3000)])
     assert refresh_run_statistics(session.connection())  # tripled
+
+
+@pytest.mark.services
+def test_without_pg_trgm_the_migration_goes_on_and_searches_still_work(postgres_url: str) -> None:
+    """A role that may not create extensions (no CREATE on its database): 0011 leaves the trigram index out,
+    name searches scan the folded names instead."""
+    import uuid
+
+    import sqlalchemy as sa
+    from alembic import command
+
+    from tunedeck_state.db import make_engine
+    from tunedeck_state.migrate import alembic_config
+
+    role, database = f"tunedeck_plain_{uuid.uuid4().hex[:8]}", f"tunedeck_notrgm_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+        conn.execute(sa.text(f'REVOKE CREATE ON DATABASE "{database}" FROM PUBLIC'))
+    base = postgres_url.rsplit("/", 1)[0]
+    owner = sa.create_engine(f"{base}/{database}", isolation_level="AUTOCOMMIT")
+    with owner.connect() as conn:
+        conn.execute(sa.text(f'GRANT ALL ON SCHEMA public TO "{role}"'))
+    owner.dispose()
+    engine = make_engine(f"{base.replace('postgres@', f'{role}@')}/{database}")
+    try:
+        config = alembic_config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        names = {index["name"] for index in sa.inspect(engine).get_indexes("runs")}
+        assert "ix_runs_list_name_folded" in names and "ix_runs_name_trgm" not in names
+        with Session(engine) as db:
+            many_runs(db, 12)
+            found = run_service.list_runs(db, name="ALPHA-0", archived=None)
+            assert sorted(r.name for r in found.items) == ["Alpha-00", "Alpha-03", "Alpha-06", "Alpha-09"]
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()
