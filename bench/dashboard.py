@@ -43,6 +43,7 @@ PAGE_QUERIES = {
     "/ (newest 50)": "/",
     "/?status=succeeded&sort=train_loss&page=20": "/?status=succeeded&sort=train_loss&page=20",
     "/?name=r16": "/?name=r16",
+    "/?tag=best (no run has it: every tag read)": "/?tag=best",
     "/runs/table?method=lora&page=60 (htmx)": "/runs/table?method=lora&page=60",
     "/?sort=status&page=1999 (its Next link)": "/?sort=status&page=1999&cursor=",
 }
@@ -239,9 +240,10 @@ link, and `next_cursor` in `GET /api/runs`, seek to the page after the last row 
 counting an offset; `offset` still works. A name search scans the name index (SQLite: `name LIKE`, which ignores
 ASCII case as SQLite's lower() does, 3x cheaper than lower(name) on each row; PostgreSQL: `name_folded`, the name
 lower-cased when written, 2x cheaper than lower(name) on each row, with a pg_trgm index on it for rare
-matches). The fixture ends as a deployment's database would be: ANALYZEd (SQLite; `tunedeck serve` re-ANALYZEs
-runs when its statistics are 2x off) and VACUUM ANALYZEd (PostgreSQL's autovacuum, off on the test server: without
-it a count reads the table instead of the index, 3–10x slower).
+matches); a tag filter scans an index holding the tags, not the rows. The fixture ends as a deployment's
+database would be: ANALYZEd (SQLite; `tunedeck serve` re-ANALYZEs runs when its statistics are 2x off) and VACUUM
+ANALYZEd (PostgreSQL's autovacuum, off on the test server: without it a count reads the table instead of the
+index, 3–10x slower).
 
 **Comparison of the {len(seeded.compared_ids)} runs** ({seeded.metric_rows / 1e6:.0f} M points):
 

@@ -97,6 +97,7 @@ def many_runs(session: Session, count: int) -> list[Run]:
             final_eval_loss=None if i % 2 else float(i % 4) / 3,
             disk_bytes=None if i % 3 == 1 else (i % 6) * 1000,
             archived=i % 11 == 0,
+            tags=["best", "r8"] if i % 4 == 1 else ["bestest"] if i % 4 == 2 else [],
         )
         for i in range(count)
     ]
@@ -135,7 +136,9 @@ def pages_by(session: Session, how: str, sort: str, **filters: Any) -> tuple[lis
         assert len(page.items) == 7
 
 
-@pytest.mark.parametrize("filters", [{}, {"status": "failed"}, {"method": "lora", "name": "ALPHA"}, {"archived": None}])
+@pytest.mark.parametrize(
+    "filters", [{}, {"status": "failed"}, {"method": "lora", "name": "ALPHA"}, {"archived": None}, {"tag": "best"}]
+)
 def test_cursor_pages_are_the_offset_pages(session: Session, filters: dict[str, Any]) -> None:
     runs = many_runs(session, 80)
     for sort in run_service.SORT_CHOICES:
@@ -148,6 +151,7 @@ def test_cursor_pages_are_the_offset_pages(session: Session, filters: dict[str, 
             and r.status == filters.get("status", r.status)
             and r.method == filters.get("method", r.method)
             and filters.get("name", "").lower() in r.name.lower()
+            and ("tag" not in filters or filters["tag"] in r.tags)
         ]
         assert by_cursor == by_offset == expected_order(chosen, sort), sort
         assert total == cursor_total == len(chosen), sort

@@ -138,8 +138,10 @@ RUN_LIST_INDEXES = (
     Index("ix_runs_list_method", Run.archived, Run.method, Run.id.desc()),
     Index("ix_runs_list_method_desc", Run.archived, Run.method.desc(), Run.id.desc()),
     Index("ix_runs_list_name", Run.archived, Run.name, Run.id.desc()),
+    Index("ix_runs_list_disk", Run.archived, Run.disk_bytes, Run.id.desc()),
 )
-# PostgreSQL also has ix_runs_name_trgm (pg_trgm, GIN) where the extension could be created: see migration 0011.
+# Also ix_runs_list_tags (its shape differs by database), and on PostgreSQL name_folded with its indexes: see
+# migration 0011.
 
 
 class Metric(Base):
