@@ -35,12 +35,17 @@ API_QUERIES = {
     "sort=name, offset=5000": "/api/runs?sort=name&offset=5000",
     "name~alpaca, sort=-eval_loss, offset=500": "/api/runs?name=alpaca&sort=-eval_loss&offset=500",
     "sort=status, offset=9900": "/api/runs?sort=status&offset=9900",
+    # The same depths reached as the runs page's Next link does: the previous page's next_cursor (a seek).
+    "sort=name, cursor at 5000": "/api/runs?sort=name&cursor=",
+    "sort=-eval_loss, cursor at 9900": "/api/runs?sort=-eval_loss&cursor=",
 }
 PAGE_QUERIES = {
     "/ (newest 50)": "/",
     "/?status=succeeded&sort=train_loss&page=20": "/?status=succeeded&sort=train_loss&page=20",
     "/?name=r16": "/?name=r16",
+    "/?tag=best (no run has it: every tag read)": "/?tag=best",
     "/runs/table?method=lora&page=60 (htmx)": "/runs/table?method=lora&page=60",
+    "/?sort=status&page=1999 (its Next link)": "/?sort=status&page=1999&cursor=",
 }
 LIST_TARGET_MS = 50.0
 COMPARE_TARGET_MS = 300.0
@@ -59,6 +64,16 @@ def time_lists(base_url: str, requests: int, runs: int = 10_000) -> dict[str, li
         "sort=status, offset=9900": f"/api/runs?sort=status&offset={runs - 100}",
     }
     queries.update({label: url for label, url in deep.items() if label in queries})
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        at = {
+            "sort=name, cursor at 5000": ("name", runs // 2),
+            "sort=-eval_loss, cursor at 9900": ("-eval_loss", runs - 100),
+            "/?sort=status&page=1999 (its Next link)": ("status", runs - 100),
+        }
+        for label, (sort, depth) in at.items():
+            before = client.get("/api/runs", params={"sort": sort, "offset": depth - 50}).raise_for_status().json()
+            queries[label] = queries[label].replace("page=1999", f"page={depth // 50 + 1}") + before["next_cursor"]
+    queries = {_depth_label(label, runs): url for label, url in queries.items()}
     times: dict[str, list[float]] = {label: [] for label in queries}
     with httpx.Client(base_url=base_url, timeout=60) as client:
         for _ in range(3):
@@ -71,6 +86,14 @@ def time_lists(base_url: str, requests: int, runs: int = 10_000) -> dict[str, li
                 times[label].append((time.perf_counter() - started) * 1000)
                 answer.raise_for_status()
     return times
+
+
+def _depth_label(label: str, runs: int) -> str:
+    """A kind's label with the depths it was measured at (they scale with the fixture)."""
+    depths = {"5000": f"{runs // 2}", "9900": f"{runs - 100}", "1999": f"{runs // 50 - 1}"}
+    for written, measured in depths.items():
+        label = label.replace(f"={written}", f"={measured}").replace(f"at {written}", f"at {measured}")
+    return label
 
 
 def live_latency(base_url: str, samples: int) -> tuple[list[float], float]:
@@ -121,10 +144,12 @@ def live_latency(base_url: str, samples: int) -> tuple[list[float], float]:
 
 def figures(results: dict[str, Any], args: argparse.Namespace, db: str) -> list[Figure]:
     lists = results["lists"]
-    api = [t for label in API_QUERIES for t in lists[label]]
-    pages = [t for label in PAGE_QUERIES for t in lists[label]]
-    worst_api = max(API_QUERIES, key=lambda label: percentile(lists[label], 95))
-    worst_page = max(PAGE_QUERIES, key=lambda label: percentile(lists[label], 95))
+    api_kinds = [_depth_label(label, args.runs) for label in API_QUERIES]
+    page_kinds = [_depth_label(label, args.runs) for label in PAGE_QUERIES]
+    api = [t for label in api_kinds for t in lists[label]]
+    pages = [t for label in page_kinds for t in lists[label]]
+    worst_api = max(api_kinds, key=lambda label: percentile(lists[label], 95))
+    worst_page = max(page_kinds, key=lambda label: percentile(lists[label], 95))
     n, c = f"{args.runs:,} runs", f"{args.compared} runs × {args.steps:,} steps"
     return [
         Figure(f"3. {db}: GET /api/runs at {n}, p95 (all kinds)", percentile(api, 95), LIST_TARGET_MS, "ms"),
@@ -185,7 +210,8 @@ def markdown(every: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     seeded = next(iter(every.values()))["seeded"]
     fixture = " ".join(
         f"{BACKENDS[b]}: runs {r['seeded'].runs_seconds:.0f} s, metrics {r['seeded'].metrics_seconds:.0f} s, "
-        f"rollups {r['seeded'].rollups_seconds:.0f} s."
+        f"rollups {r['seeded'].rollups_seconds:.0f} s, {'ANALYZE' if b == 'sqlite' else 'VACUUM ANALYZE'} "
+        f"{r['seeded'].analyze_seconds:.0f} s."
         for b, r in every.items()
     )
     return f"""## The dashboard at scale: {args.runs:,} runs (`python -m bench.dashboard`)
@@ -200,14 +226,24 @@ serves it; {args.requests} calls of each list request, interleaved.
 {machine()}. PostgreSQL runs on the same machine.
 
 **Runs list** (target: p95 under 50 ms), `GET /api/runs` (50 runs a page, with spec, details and latest values)
-and the runs page (50 a page, rendered), filtered, searched and sorted (the deepest offsets scale with the
-fixture):
+and the runs page (50 a page, rendered), filtered, searched and sorted, deep pages reached by offset and by
+cursor:
 
 {chr(10).join(rows)}
 
-A list never reads the metrics table: its columns come from the runs' latest-value summary. Sorting by name,
-status, method, train or eval loss walks an index (0005; 0007 makes each loss index cover the filters); the page's
-50 ids are found from the indexes alone, then only those rows are read.
+A list never reads the metrics table: its columns come from the runs' latest-value summary. Every list hides
+archived runs, so the indexes it walks lead with `archived` and end with the tie-break, newest first (migration
+0011; 0007's loss indexes cover the filters): a page's 50 ids, a deep offset and the count are read from one index
+alone, then only those 50 rows. A nullable sort (the losses, disk) reads the runs with a value, then those without,
+as two index-ordered queries (NULLS LAST cannot be read from an index in both directions). The runs page's Next
+link, and `next_cursor` in `GET /api/runs`, seek to the page after the last row shown (a keyset cursor) instead of
+counting an offset; `offset` still works. A name search scans the name index (SQLite: `name LIKE`, which ignores
+ASCII case as SQLite's lower() does, 3x cheaper than lower(name) on each row; PostgreSQL: `name_folded`, the name
+lower-cased when written, 2x cheaper than lower(name) on each row, with a pg_trgm index on it for rare
+matches); a tag filter scans an index holding the tags, not the rows. The fixture ends as a deployment's
+database would be: ANALYZEd (SQLite; `tunedeck serve` re-ANALYZEs runs when its statistics are 2x off) and VACUUM
+ANALYZEd (PostgreSQL's autovacuum, off on the test server: without it a count reads the table instead of the
+index, 3–10x slower).
 
 **Comparison of the {len(seeded.compared_ids)} runs** ({seeded.metric_rows / 1e6:.0f} M points):
 
@@ -279,7 +315,8 @@ def measure(
         results["seeded"] = seeded
         print(
             f"seeded {seeded.runs:,} runs ({seeded.runs_seconds:.1f} s), {seeded.metric_rows:,} metric rows "
-            f"({seeded.metrics_seconds:.1f} s), rollups ({seeded.rollups_seconds:.1f} s)",
+            f"({seeded.metrics_seconds:.1f} s), rollups ({seeded.rollups_seconds:.1f} s), "
+            f"(VACUUM) ANALYZE ({seeded.analyze_seconds:.1f} s)",
             flush=True,
         )
         env = stack_env(data_dir, database_url)

@@ -321,6 +321,10 @@ CASES: list[Case] = [
     get_case("list-limit-zero", "/api/runs?limit=0", field="limit"),
     get_case("list-limit-text", "/api/runs?limit=many", field="limit"),
     get_case("list-unknown-status", "/api/runs?status=exploded", field="status"),
+    get_case("list-cursor-not-ours", "/api/runs?cursor=bm90LWEtY3Vyc29y", field="cursor"),
+    get_case("list-cursor-and-offset", "/api/runs?cursor=WyItY3JlYXRlZCIsNSw1XQ&offset=50", field="cursor"),
+    get_case("list-cursor-of-another-sort", "/api/runs?sort=name&cursor=WyItY3JlYXRlZCIsNSw1XQ", field="cursor"),
+    get_case("runs-page-cursor-not-ours", "/?cursor=%5B%5D", status=422, says="cursor"),
     get_case(
         "list-offset-beyond-64-bits", f"/api/runs?offset={10**30}", status=frozenset({404, 422}), says="out of range"
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -38,6 +39,17 @@ def make_engine(url: str) -> Engine:
             # small page cache): the run lists' row lookups and the metric series are reads of the OS page cache.
             cursor.execute("PRAGMA mmap_size=268435456")
             cursor.close()
+
+        @event.listens_for(engine, "close")
+        def _sqlite_optimize(dbapi_conn: Any, _record: Any) -> None:
+            # SQLite's documented practice: refresh the statistics the planner found missing or stale. Best effort:
+            # it never waits on a writer (a busy database skips it until the next close).
+            try:
+                dbapi_conn.execute("PRAGMA busy_timeout=50")
+                dbapi_conn.execute("PRAGMA analysis_limit=1000")
+                dbapi_conn.execute("PRAGMA optimize")
+            except sqlite3.Error:
+                pass
 
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -131,6 +131,19 @@ class Run(Base):
         return 100.0 * self.trainable_params / self.total_params
 
 
+#: What the run lists walk (migration 0011): every list filters on `archived`, and ties sort newest first.
+RUN_LIST_INDEXES = (
+    Index("ix_runs_list_status", Run.archived, Run.status, Run.id.desc()),
+    Index("ix_runs_list_status_desc", Run.archived, Run.status.desc(), Run.id.desc()),
+    Index("ix_runs_list_method", Run.archived, Run.method, Run.id.desc()),
+    Index("ix_runs_list_method_desc", Run.archived, Run.method.desc(), Run.id.desc()),
+    Index("ix_runs_list_name", Run.archived, Run.name, Run.id.desc()),
+    Index("ix_runs_list_disk", Run.archived, Run.disk_bytes, Run.id.desc()),
+)
+# Also ix_runs_list_tags (its shape differs by database), and on PostgreSQL name_folded with its indexes: see
+# migration 0011.
+
+
 class Metric(Base):
     """One logged point. The primary key (run, key, step) is the table's only index: a point logged twice (a
     resumed attempt) overwrites the first, and a run's series is one range of it. On SQLite the table is

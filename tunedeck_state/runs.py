@@ -11,13 +11,20 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, insert, select, update
 from sqlalchemy.orm import Session
 
 from runspec import RunSpec
-from tunedeck_state.labels import has_tag
-from tunedeck_state.models import RUN_LOSS_SORT_INDEXES, Metric, Run, RunEvent, RunLog, RunStatus, utcnow
+from tunedeck_state.models import Metric, Run, RunEvent, RunLog, RunStatus, utcnow
 from tunedeck_state.rollups import write_rollups
+from tunedeck_state.run_lists import (  # noqa: F401 (the run service's list, as callers import it)
+    CURSOR_MAX_CHARS,
+    RUN_SORTS,
+    SORT_CHOICES,
+    InvalidCursor,
+    RunPage,
+    list_runs,
+)
 from tunedeck_state.search import pruning
 
 LOG_LINE_MAX = 2000
@@ -54,78 +61,6 @@ def get_run(session: Session, run_id: int) -> Run:
     if run is None:
         raise RunNotFound(run_id)
     return run
-
-
-@dataclass(frozen=True)
-class RunPage:
-    items: Sequence[Run]
-    total: int
-    limit: int
-    offset: int
-
-
-#: What run lists (GET /api/runs, the runs page) sort by: `name` ascending, `-name` descending. Each column is
-#: indexed, so a sorted, filtered page reads only its own rows however many runs there are.
-RUN_SORTS: dict[str, Any] = {
-    "created": Run.id,  # ids grow with creation
-    "name": Run.name,
-    "status": Run.status,
-    "method": Run.method,
-    "train_loss": Run.final_train_loss,
-    "eval_loss": Run.final_eval_loss,
-    "disk": Run.disk_bytes,
-}
-SORT_CHOICES = tuple(choice for key in RUN_SORTS for choice in (key, f"-{key}"))
-
-
-def list_runs(
-    session: Session,
-    *,
-    status: str | None = None,
-    method: str | None = None,
-    name: str | None = None,
-    tag: str | None = None,
-    archived: bool | None = False,
-    sort: str = "-created",
-    limit: int = 50,
-    offset: int = 0,
-) -> RunPage:
-    """One page of runs, filtered (status, method, `name` containing a text, case-insensitive, a tag, archived or
-    not: None for both) and sorted (a RUN_SORTS key; runs without a value last, ties newest first). The page's ids
-    come from the indexes first, then only those rows are read: the runs' JSON columns (spec, details) never go
-    through a sort."""
-    column = RUN_SORTS.get(sort.removeprefix("-"))
-    if column is None:
-        raise ValueError(f"sort must be one of {', '.join(SORT_CHOICES)}")
-    conditions: list[ColumnElement[bool]] = []
-    if status:
-        conditions.append(Run.status == status)
-    if method:
-        conditions.append(Run.method == method)
-    if archived is not None:
-        conditions.append(Run.archived == archived)
-    if tag:
-        conditions.append(has_tag(Run.tags, tag))
-    counted = list(conditions)
-    covering_index = RUN_LOSS_SORT_INDEXES.get(column.key)
-    if name:
-        matches = Run.name.icontains(name, autoescape=True)
-        counted.append(matches)
-        # A loss sort's index holds the name: checked there. Otherwise as a subquery, a scan of the name index
-        # alone (SQLite would walk the table in id order, reading every row, when few names match).
-        conditions.append(matches if covering_index else Run.id.in_(select(Run.id).where(matches)))
-    order = [column.desc() if sort.startswith("-") else column.asc()]
-    if column is not Run.id:
-        order = [order[0].nulls_last(), Run.id.desc()]
-    page_ids = select(Run.id).where(*conditions).order_by(*order).limit(limit).offset(offset)
-    if covering_index:
-        # Without statistics SQLite picks the status or method index and then reads every matching row for its
-        # loss; the covering index answers from itself (PostgreSQL's planner chooses well on its own).
-        page_ids = page_ids.with_hint(Run, f"INDEXED BY {covering_index}", dialect_name="sqlite")
-    ids = session.scalars(page_ids).all()
-    found = {run.id: run for run in session.scalars(select(Run).where(Run.id.in_(ids)))} if ids else {}
-    total = session.scalar(select(func.count()).select_from(Run).where(*counted)) or 0
-    return RunPage(items=[found[run_id] for run_id in ids], total=total, limit=limit, offset=offset)
 
 
 def _transition(

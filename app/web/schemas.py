@@ -87,6 +87,8 @@ class RunList(BaseModel):
     total: int
     limit: int
     offset: int
+    #: The next page: pass it as `cursor` (with the same filters and sort); null on the last page.
+    next_cursor: str | None = None
 
 
 class MetricSeries(BaseModel):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
@@ -63,6 +64,8 @@ class RunsQuery:
     page: int
     tag: str | None = None
     archived: str | None = None
+    #: Where this page starts (the previous page's next_cursor); `page` then only numbers it.
+    cursor: str | None = None
 
     def url(self, path: str = "/", **changes: Any) -> str:
         values = {**asdict(self), **changes}
@@ -79,6 +82,7 @@ def runs_query(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     tag: Annotated[str | None, Query(max_length=32)] = None,
     archived: Annotated[str | None, Query(max_length=8)] = None,
+    cursor: Annotated[str | None, Query(max_length=run_service.CURSOR_MAX_CHARS)] = None,
 ) -> RunsQuery:
     statuses = [s.value for s in RunStatus]
     if status_ and status_ not in statuses:
@@ -93,7 +97,14 @@ def runs_query(
     if tag and (problem := tag_problem(tag)):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"tag: {problem}")
     return RunsQuery(
-        status_ or None, method or None, (name or "").strip() or None, sort or "-created", page, tag, archived or None
+        status_ or None,
+        method or None,
+        (name or "").strip() or None,
+        sort or "-created",
+        page,
+        tag,
+        archived or None,
+        cursor or None,
     )
 
 
@@ -102,26 +113,32 @@ RunsQueryDep = Annotated[RunsQuery, Depends(runs_query)]
 
 def _runs_context(session: Session, query: RunsQuery) -> dict[str, Any]:
     """One page of the list (RUNS_PER_PAGE runs, from the indexes and each run's latest-value summary)."""
-    page = run_service.list_runs(
-        session,
-        status=query.status,
-        method=query.method,
-        name=query.name,
-        tag=query.tag,
-        archived=ARCHIVED_CHOICES[query.archived or ""],
-        sort=query.sort,
-        limit=RUNS_PER_PAGE,
-        offset=(query.page - 1) * RUNS_PER_PAGE,
-    )
+    try:
+        page = run_service.list_runs(
+            session,
+            status=query.status,
+            method=query.method,
+            name=query.name,
+            tag=query.tag,
+            archived=ARCHIVED_CHOICES[query.archived or ""],
+            sort=query.sort,
+            limit=RUNS_PER_PAGE,
+            offset=0 if query.cursor else (query.page - 1) * RUNS_PER_PAGE,
+            cursor=query.cursor,
+        )
+    except run_service.InvalidCursor as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"cursor: {exc}") from None
     pages = max(1, -(-page.total // RUNS_PER_PAGE))
+    # Next follows the cursor (a seek, however deep); previous and the filters' links go by page number.
+    first = replace(query, cursor=None)
     return {
         "runs": page.items,
         "total": page.total,
-        "query": query,
+        "query": first,
         "pages": pages,
         "table_url": query.url("/runs/table"),
-        "prev_url": query.url(page=query.page - 1) if query.page > 1 else None,
-        "next_url": query.url(page=query.page + 1) if query.page < pages else None,
+        "prev_url": first.url(page=query.page - 1) if query.page > 1 else None,
+        "next_url": query.url(page=query.page + 1, cursor=page.next_cursor) if page.next_cursor else None,
         "statuses": [s.value for s in RunStatus],
         "methods": list(METHODS),
         "sorts": SORT_LABELS,
@@ -210,21 +227,40 @@ def list_runs(
     ] = "-created",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=run_service.CURSOR_MAX_CHARS,
+            description="Where the page starts: a `next_cursor` of the same list (not with offset).",
+        ),
+    ] = None,
 ) -> Any:
     """A page of runs, newest first unless `sort` says otherwise. Read from indexes and the runs' latest-value
-    summary only (never the metrics table), so it costs the same with 10 runs or 10,000."""
-    page = run_service.list_runs(
-        session,
-        status=status_.value if status_ else None,
-        method=method,
-        name=name,
-        tag=tag,
-        archived={"false": False, "true": True, "any": None}[archived],
-        sort=sort,
-        limit=limit,
-        offset=offset,
-    )
-    return {"items": page.items, "total": page.total, "limit": page.limit, "offset": page.offset}
+    summary only (never the metrics table), so it costs the same with 10 runs or 100,000. `next_cursor` starts
+    the next page; deep in a long list it is cheaper than an offset."""
+    try:
+        page = run_service.list_runs(
+            session,
+            status=status_.value if status_ else None,
+            method=method,
+            name=name,
+            tag=tag,
+            archived={"false": False, "true": True, "any": None}[archived],
+            sort=sort,
+            limit=limit,
+            offset=offset,
+            cursor=cursor or None,
+        )
+    except run_service.InvalidCursor as exc:
+        problem = {"type": "value_error", "loc": ("query", "cursor"), "msg": str(exc), "input": cursor}
+        raise RequestValidationError([problem]) from None
+    return {
+        "items": page.items,
+        "total": page.total,
+        "limit": page.limit,
+        "offset": page.offset,
+        "next_cursor": page.next_cursor,
+    }
 
 
 @api_router.get("/runs/{run_id}", response_model=RunDetail)
