@@ -144,3 +144,21 @@ def test_migration_0011_keeps_every_row_and_stops_id_reuse(engine: Engine) -> No
     migrate(command.downgrade, "0010_compare_scale")
     back = snapshot()
     assert "AUTOINCREMENT" not in back["sql"] and back["counts"] == [3, 2, 0] and back["columns"] == before["columns"]
+
+
+def test_the_workers_model_cache_tells_runs_apart_by_more_than_their_folder(tmp_path: Path) -> None:
+    """The generation cache's key held the folder and its files' newest mtime: a later run whose adapter lands in
+    the same folder with the same times (a restored backup, a coarse clock) would have been answered by the deleted
+    run's cached model. The key now names the run too (its id and creation time)."""
+    from worker.training.generate import ModelSource
+
+    adapter = tmp_path / "runs" / "run-2" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+
+    def source(owner: str) -> ModelSource:
+        return ModelSource(kind="adapter", model="base", adapter_dir=str(adapter), owner=owner)
+
+    deleted, later = source("2@2026-12-01T10:00:00"), source("2@2026-12-02T10:00:00")
+    assert deleted.cache_key() != later.cache_key()
+    assert deleted.cache_key() == source("2@2026-12-01T10:00:00").cache_key()
