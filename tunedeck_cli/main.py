@@ -301,7 +301,7 @@ def disk_refresh(
 @demo_cli.command("prepare")
 def demo_prepare() -> None:
     """Build the tiny demo model and dataset under the data directory and pre-train the model on the bundled
-    tasks (a few minutes on two cores; cached by a hash of the model, data and settings: then instant)."""
+    tasks (about a minute on two free cores; cached by a hash of the model, data and settings: then instant)."""
     from tunedeck_demo.demo_assets import prepare_demo_assets
     from tunedeck_demo.pretrain import pretrain_demo_model
 
@@ -317,7 +317,7 @@ def _ensure_demo_prepared(settings: Any) -> None:
 
     if (settings.demo_dir / DEMO_MODEL_DIRNAME / ".complete").is_file():
         return
-    typer.echo("the demo model is not prepared yet: running `tunedeck demo prepare` (a few minutes)")
+    typer.echo("the demo model is not prepared yet: running `tunedeck demo prepare` (a minute or two)")
     subprocess.run([sys.executable, "-m", "tunedeck_cli.main", "demo", "prepare"], env=os.environ.copy(), check=True)
 
 
