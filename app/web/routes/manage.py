@@ -1,5 +1,6 @@
 """Managing runs and sweeps: rename, tag, notes, archive (PATCH), delete (DELETE), and the runs list's bulk actions
-(POST /api/runs/bulk/<action>), as JSON and as the run page's and runs list's htmx fragments.
+(POST /api/runs/bulk/<action>), as JSON and as htmx fragments of the run page (block `labels`), the sweep page
+(block `sweep_labels`) and the runs list.
 
 Mounted before `runs`, so /runs/bulk/... is not read as /runs/{run_id}/...
 """
