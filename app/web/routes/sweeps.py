@@ -21,6 +21,7 @@ from app.web.schemas import Problem, UtcDateTime
 from app.web.templating import is_htmx, templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from tunedeck_state import runs as run_service
+from tunedeck_state.labels import tag_problem
 from tunedeck_state.models import Sweep
 
 api_router = APIRouter(tags=["sweeps"])
@@ -175,6 +176,14 @@ def preview_sweep(request: SweepRequest) -> Any:
     return {"count": len(plan.runs), "names": [p.spec.name for p in plan.runs], "varied": plan.varied}
 
 
+def _checked_tag(tag: str | None) -> str | None:
+    """The tag filter, stripped (None when empty); 422 naming `tag` when it cannot be a tag."""
+    tag = (tag or "").strip() or None
+    if tag and (problem := tag_problem(tag)):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"tag: {problem}")
+    return tag
+
+
 @api_router.get("/sweeps", response_model=list[SweepOut])
 def list_sweeps(
     session: SessionDep,
@@ -187,6 +196,7 @@ def list_sweeps(
     tag: Annotated[str | None, Query(max_length=32, description="Only the sweeps with this tag.")] = None,
 ) -> Any:
     chosen = {"false": False, "true": True, "any": None}[archived]
+    tag = _checked_tag(tag)
     found = sweep_service.list_sweeps(session, limit=limit, offset=offset, archived=chosen, tag=tag)
     return [sweep_out(s) for s in found]
 
@@ -221,7 +231,8 @@ def sweeps_page(
 ) -> Response:
     """The sweeps, newest first; `archived=true` the archived ones, `any` both; `tag` those with the tag."""
     chosen = None if archived == "any" else archived.lower() in ("true", "1", "yes", "on")
-    rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200, archived=chosen, tag=tag or None))
+    tag = _checked_tag(tag)
+    rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200, archived=chosen, tag=tag))
     block = "sweeps_table" if is_htmx(request) else None
     query = urlencode({k: v for k, v in {"archived": archived if chosen is not False else "", "tag": tag}.items() if v})
     context = {"rows": rows, "archived": chosen, "tag": tag or "", "query": query}
