@@ -161,6 +161,11 @@ def test_delete_a_sweep_keeps_the_runs_it_reused(
             sqlite_stack.wait_for_run(run_id)
         assert client.patch(f"/api/sweeps/{sweep_id}", json={"tags": ["s1"], "archived": True}).json()["archived"]
         assert sweep_id not in [s["id"] for s in client.get("/api/sweeps").json()]
+        tagged = client.get("/api/sweeps", params={"tag": "s1", "archived": "any"}).json()
+        assert [s["id"] for s in tagged] == [sweep_id]
+        assert client.get("/api/sweeps", params={"tag": "s2", "archived": "any"}).json() == []
+        bad_tag = client.get("/api/sweeps", params={"tag": "has space"})
+        assert bad_tag.status_code == 422 and bad_tag.json()["detail"].startswith("tag:"), bad_tag.text
         answer = client.delete(f"/api/sweeps/{sweep_id}")
         assert answer.status_code == 200, answer.text
         assert answer.json()["deleted"] == new

@@ -18,7 +18,9 @@ cli = typer.Typer(help="tunedeck: fine-tune causal language models and compare t
 db_cli = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 demo_cli = typer.Typer(help="The offline demo: a tiny model, bundled data, demo runs.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+disk_cli = typer.Typer(help="What the runs' folders hold on disk.", no_args_is_help=True)
 cli.add_typer(demo_cli, name="demo")
+cli.add_typer(disk_cli, name="disk")
 
 
 @db_cli.command("upgrade")
@@ -277,10 +279,29 @@ def wait(
     raise typer.Exit(wait_for_runs(run_ids, url=server, token=token or settings.api_token, poll_seconds=poll))
 
 
+@disk_cli.command("refresh")
+def disk_refresh(
+    run_ids: Annotated[list[int] | None, typer.Argument(help="The runs to measure (default: every run).")] = None,
+    missing: Annotated[bool, typer.Option("--missing", help="Only finished runs that have no size yet.")] = False,
+) -> None:
+    """Measure the runs' folders again and store their sizes (disk_bytes): after files were added or removed
+    outside tunedeck. The server fills in missing sizes by itself when it starts."""
+    from app.web.formatting import human_bytes
+    from tunedeck_state.db import session_scope
+    from tunedeck_state.disk import refresh_disk_bytes
+
+    with session_scope() as session:
+        changed = refresh_disk_bytes(session, get_settings(), run_ids=run_ids or (), missing_only=missing)
+    for item in changed:
+        before = "none" if item.before is None else human_bytes(item.before)
+        typer.echo(f"run {item.run_id}: {before} -> {human_bytes(item.after)}")
+    typer.echo(f"{len(changed)} run{'s' if len(changed) != 1 else ''} changed")
+
+
 @demo_cli.command("prepare")
 def demo_prepare() -> None:
     """Build the tiny demo model and dataset under the data directory and pre-train the model on the bundled
-    tasks (a few minutes on two cores; cached by a hash of the model, data and settings: then instant)."""
+    tasks (about a minute on two free cores; cached by a hash of the model, data and settings: then instant)."""
     from tunedeck_demo.demo_assets import prepare_demo_assets
     from tunedeck_demo.pretrain import pretrain_demo_model
 
@@ -296,7 +317,7 @@ def _ensure_demo_prepared(settings: Any) -> None:
 
     if (settings.demo_dir / DEMO_MODEL_DIRNAME / ".complete").is_file():
         return
-    typer.echo("the demo model is not prepared yet: running `tunedeck demo prepare` (a few minutes)")
+    typer.echo("the demo model is not prepared yet: running `tunedeck demo prepare` (a minute or two)")
     subprocess.run([sys.executable, "-m", "tunedeck_cli.main", "demo", "prepare"], env=os.environ.copy(), check=True)
 
 

@@ -69,7 +69,7 @@ def pretrain_demo_model(model_dir: Path, config: PretrainConfig | None = None, l
         return out_dir
     if (out_dir / _COMPLETE).exists():
         shutil.rmtree(out_dir, ignore_errors=True)
-    log(f"pre-training the demo model on {len(texts)} rows ({config.max_steps} steps; a few minutes on two cores)")
+    log(f"pre-training the demo model on {len(texts)} rows ({config.max_steps} steps; a minute or two on two cores)")
     _build_atomically(out_dir, lambda tmp: _train(model_dir, texts, config, tmp), marker)
     return out_dir
 

@@ -4,6 +4,9 @@ files always agree.
 * `folder_bytes(path)`: the bytes of the files below a folder (links not followed).
 * `record_disk_bytes(session, settings, run_id)`: measure a run's folder into runs.disk_bytes (the list sorts on the
   column); the worker calls it after each checkpoint and at the end, the deletes of checkpoints after them.
+* `refresh_disk_bytes(session, settings, ...)`: measure runs again. Runs stored before disk_bytes existed have none
+  (the web server fills those in a background thread when it starts: `backfill_disk_bytes`); a folder changed
+  outside tunedeck is measured again by `tunedeck disk refresh`.
 * `data_dir_usage(settings)`: total, used and free bytes of the filesystem holding the data directory.
 * Deleting (`TrashedRun`): a run's folder is first *renamed* into data/runs/.trash (one atomic step on the same
   filesystem), then its rows are deleted and committed, then the renamed folder is removed. A process that dies
@@ -17,15 +20,16 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
-from tunedeck_state.models import Run
+from tunedeck_state.db import session_scope
+from tunedeck_state.models import Run, RunStatus
 from tunedeck_state.paths import run_dir
 from tunedeck_state.settings import Settings
 
@@ -51,6 +55,62 @@ def record_disk_bytes(session: Session, settings: Settings, run_id: int) -> int:
         update(Run).where(Run.id == run_id).values(disk_bytes=size).execution_options(synchronize_session=False)
     )
     return size
+
+
+#: Runs measured per transaction by refresh_disk_bytes (each batch commits: a long refresh holds no lock).
+REFRESH_BATCH = 50
+_ACTIVE = (RunStatus.queued.value, RunStatus.running.value)
+
+
+@dataclass(frozen=True)
+class Remeasured:
+    run_id: int
+    before: int | None
+    after: int
+
+
+def refresh_disk_bytes(
+    session: Session, settings: Settings, *, run_ids: Sequence[int] = (), missing_only: bool = False
+) -> list[Remeasured]:
+    """Measure the runs' folders again (all runs, or `run_ids`; with `missing_only`, only finished runs that have
+    no disk_bytes: an active run's worker measures it) and store what changed, committing every REFRESH_BATCH runs.
+    Returns the runs whose value changed."""
+    where: list[ColumnElement[bool]] = []
+    if run_ids:
+        where.append(Run.id.in_(list(run_ids)))
+    if missing_only:
+        where += [Run.disk_bytes.is_(None), Run.status.not_in(_ACTIVE)]
+    changed: list[Remeasured] = []
+    after_id = 0
+    while True:
+        batch = session.execute(
+            select(Run.id, Run.disk_bytes).where(*where, Run.id > after_id).order_by(Run.id).limit(REFRESH_BATCH)
+        ).all()
+        if not batch:
+            return changed
+        for run_id, before in batch:
+            size = folder_bytes(run_dir(settings, run_id))
+            if size != before:
+                session.execute(
+                    update(Run)
+                    .where(Run.id == run_id)
+                    .values(disk_bytes=size)
+                    .execution_options(synchronize_session=False)
+                )
+                changed.append(Remeasured(run_id, before, size))
+        session.commit()
+        after_id = batch[-1][0]
+
+
+def backfill_disk_bytes(settings: Settings, on_error: Callable[[Exception], None] | None = None) -> int:
+    """Fill in disk_bytes of the finished runs that have none (the web server's start, in a thread): how many."""
+    try:
+        with session_scope() as session:
+            return len(refresh_disk_bytes(session, settings, missing_only=True))
+    except Exception as exc:  # a backfill must never take the server down; the runs keep "–" until the next try
+        if on_error:
+            on_error(exc)
+        return 0
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,13 @@ RUN_LOSS_SORT_INDEXES = {
 
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = tuple(
-        Index(name, column, "status", "method", "name", "archived") for column, name in RUN_LOSS_SORT_INDEXES.items()
+    __table_args__ = (
+        *(
+            Index(name, column, "status", "method", "name", "archived")
+            for column, name in RUN_LOSS_SORT_INDEXES.items()
+        ),
+        # a deleted run's id is never given to a new run (SQLite reuses the highest otherwise; migration 0011)
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

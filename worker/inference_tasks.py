@@ -38,7 +38,9 @@ def generate_task(
 
     try:
         with session_scope() as session:
-            source = merges.generation_source(run_service.get_run(session, run_id), variant)
+            run = run_service.get_run(session, run_id)
+            source = merges.generation_source(run, variant)
+            owner = f"{run.id}@{run.created_at.isoformat() if run.created_at else ''}"
         parsed_prompts = [Prompt.model_validate(p) for p in prompts]
         parsed_settings = GenerationSettings.model_validate(settings)
         worker_settings = get_settings()
@@ -59,6 +61,7 @@ def generate_task(
             adapter_dir=source.adapter_dir,
             load_kwargs=load_kwargs,
             load_key=load_key,
+            owner="" if source.kind == "base" else owner,  # a hub base is shared by every run
         )
         loaded, cached = model_cache(worker_settings.generation_cache_models).get(model_source)
         started = time.perf_counter()

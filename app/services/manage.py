@@ -25,7 +25,7 @@ from tunedeck_state import disk
 from tunedeck_state import runs as run_service
 from tunedeck_state.labels import MAX_TAGS, NOTES_MAX, TAG_RULE, clean_tags
 from tunedeck_state.merges import MERGE_ACTIVE, merge_state
-from tunedeck_state.models import Metric, Run, RunEvent, RunLog, RunStatus, Sweep, SweepRun
+from tunedeck_state.models import Metric, MetricRollup, Run, RunEvent, RunLog, RunStatus, Sweep, SweepRun
 from tunedeck_state.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def _delete(session: Session, settings: Settings, runs: Sequence[Run], outcome: 
         for run in runs:
             trashed.append(disk.trash_run_folder(settings, run))
         if ids:
-            for table in (Metric, RunLog, RunEvent, SweepRun):
+            for table in (Metric, MetricRollup, RunLog, RunEvent, SweepRun):
                 session.execute(delete(table).where(table.run_id.in_(ids)).execution_options(synchronize_session=False))
             final = [s.value for s in RunStatus if s.value not in ACTIVE]
             gone = session.execute(

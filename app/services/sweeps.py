@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, selectinload
 
 from app.services.method_check import check_method_fits_model
@@ -27,6 +27,7 @@ from runspec import RunSpec
 from runspec.base import StrictModel
 from runspec.spec_paths import METHOD_NAME, apply_changes, flat_changes, format_value, short_label
 from tunedeck_state import runs as run_service
+from tunedeck_state.labels import has_tag
 from tunedeck_state.models import Run, RunStatus, Sweep, SweepRun
 from tunedeck_state.search.pruning import steps_saved
 from tunedeck_state.search.space import OBJECTIVE_METRICS, Budget, Objective, PrunerSpec, parse_pruner
@@ -359,12 +360,17 @@ def get_sweep(session: Session, sweep_id: int) -> Sweep:
     return sweep
 
 
-def list_sweeps(session: Session, *, limit: int = 50, offset: int = 0, archived: bool | None = False) -> list[Sweep]:
-    """Newest first; archived sweeps only when `archived` is True, both when None."""
+def list_sweeps(
+    session: Session, *, limit: int = 50, offset: int = 0, archived: bool | None = False, tag: str | None = None
+) -> list[Sweep]:
+    """Newest first; archived sweeps only when `archived` is True, both when None; with `tag`, the sweeps it is on."""
+    where: list[ColumnElement[bool]] = [] if archived is None else [Sweep.archived.is_(archived)]
+    if tag:
+        where.append(has_tag(Sweep.tags, tag))
     return list(
         session.scalars(
             select(Sweep)
-            .where(*([] if archived is None else [Sweep.archived.is_(archived)]))
+            .where(*where)
             .order_by(Sweep.id.desc())
             .limit(limit)
             .offset(offset)

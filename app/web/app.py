@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import AsyncIterator
@@ -21,10 +22,12 @@ from app.web.schemas import ERROR_RESPONSES
 from app.web.templating import STATIC_DIR
 from runspec import METHODS
 from tunedeck_jobs import dispatch
-from tunedeck_state import __version__
+from tunedeck_state import __version__, disk
 from tunedeck_state.settings import get_settings
 from tunedeck_state.source_checks import SpecRefused
 from tunedeck_state.storage import server_storage_id
+
+log = logging.getLogger(__name__)
 
 
 def _dotted(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -99,8 +102,15 @@ REAP_INTERVAL_SECONDS = 1.0
 @asynccontextmanager
 async def _reap_lost_runs(app: FastAPI) -> AsyncIterator[None]:
     """Fail (and maybe retry) runs whose worker died, even while no worker is left to notice. Reading runs has no
-    side effects: this thread does it."""
+    side effects: this thread does it. Once, in another thread: measure the finished runs stored before disk_bytes
+    existed (tunedeck_state/disk.py)."""
     stop = threading.Event()
+    threading.Thread(
+        target=disk.backfill_disk_bytes,
+        args=(get_settings(), lambda exc: log.warning("measuring the runs' folders failed: %s", exc)),
+        name="disk-backfill",
+        daemon=True,
+    ).start()
 
     def loop() -> None:
         while not stop.wait(REAP_INTERVAL_SECONDS):

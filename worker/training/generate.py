@@ -47,9 +47,12 @@ class ModelSource:
     load_kwargs: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     #: Distinguishes bases loaded with different load_kwargs in the cache.
     load_key: str = ""
+    #: The run the weights belong to ("<id>@<created_at>"): a folder path alone could name a deleted run's.
+    owner: str = ""
 
     def cache_key(self) -> tuple[Any, ...]:
-        return (self.kind, self.model, self.adapter_dir, self.load_key, _fingerprint(self.adapter_or_model))
+        fingerprint = _fingerprint(self.adapter_or_model)
+        return (self.kind, self.model, self.adapter_dir, self.load_key, self.owner, fingerprint)
 
     @property
     def adapter_or_model(self) -> str:

@@ -1,5 +1,6 @@
 """Managing runs and sweeps: rename, tag, notes, archive (PATCH), delete (DELETE), and the runs list's bulk actions
-(POST /api/runs/bulk/<action>), as JSON and as the run page's and runs list's htmx fragments.
+(POST /api/runs/bulk/<action>), as JSON and as htmx fragments of the run page (block `labels`), the sweep page
+(block `sweep_labels`) and the runs list.
 
 Mounted before `runs`, so /runs/bulk/... is not read as /runs/{run_id}/...
 """
@@ -20,7 +21,7 @@ from app.services.manage import RunPatch, SweepPatch
 from app.web.deps import RunDep, SessionDep, SweepDep, load_run, load_sweep
 from app.web.formatting import human_bytes
 from app.web.routes.runs import _run_context, _runs_context, runs_query
-from app.web.routes.sweeps import SweepOut, sweep_out
+from app.web.routes.sweeps import SweepOut, _sweep_context, sweep_out
 from app.web.schemas import RunOut
 from app.web.templating import templates
 from tunedeck_state import runs as run_service
@@ -70,6 +71,7 @@ class BulkOut(BaseModel):
 
 
 T = TypeVar("T")
+P = TypeVar("P", RunPatch, SweepPatch)
 
 
 def _not_found(exc: run_service.RunNotFound) -> HTTPException:
@@ -200,26 +202,29 @@ def labels_fragment(request: Request, run: RunDep, session: SessionDep, edit: bo
     return _labels_block(request, session, run.id, editing=edit)
 
 
+def _label_form(form: Any) -> dict[str, str]:
+    return {key: str(form.get(key) or "") for key in ("name", "tags", "notes")}
+
+
+def _label_errors(exc: ValidationError | ValueError) -> dict[str, str]:
+    """Field -> message, for the in-place form (a ValueError from _apply is about the name)."""
+    if isinstance(exc, ValidationError):
+        return {str(e["loc"][0]) if e["loc"] else "form": e["msg"].removeprefix("Value error, ") for e in exc.errors()}
+    return {"name": str(exc)}
+
+
+def _patch_from_form(model: type[P], values: dict[str, str]) -> P:
+    return model.model_validate({"name": values["name"], "tags": split_tags(values["tags"]), "notes": values["notes"]})
+
+
 @page_router.post("/runs/{run_id:int}/labels", response_class=HTMLResponse)
 async def save_labels(request: Request, run: RunDep, session: SessionDep) -> Response:
-    form = await request.form()
-    values = {
-        "name": str(form.get("name") or ""),
-        "tags": str(form.get("tags") or ""),
-        "notes": str(form.get("notes") or ""),
-    }
+    values = _label_form(await request.form())
     try:
-        patch = RunPatch.model_validate(
-            {"name": values["name"], "tags": split_tags(values["tags"]), "notes": values["notes"]}
-        )
-        manage.update_run(session, run.id, patch)
+        manage.update_run(session, run.id, _patch_from_form(RunPatch, values))
     except (ValidationError, ValueError) as exc:
         session.rollback()
-        errors = (
-            {str(e["loc"][0]) if e["loc"] else "form": e["msg"].removeprefix("Value error, ") for e in exc.errors()}
-            if isinstance(exc, ValidationError)
-            else {"name": str(exc)}
-        )
+        errors = _label_errors(exc)
         return _labels_block(request, session, run.id, 422, editing=True, label_values=values, label_errors=errors)
     return _labels_block(request, session, run.id)
 
@@ -238,6 +243,37 @@ def delete_from_page(request: Request, run: RunDep, session: SessionDep) -> Resp
     except manage.Refused as exc:
         return _labels_block(request, session, run_id, delete_error=str(exc))
     return Response(status_code=200, headers={"HX-Redirect": f"/?deleted={len(outcome.deleted)}"})
+
+
+def _sweep_labels_block(request: Request, session: Session, sweep_id: int, code: int = 200, **extra: Any) -> Response:
+    sweep = load_sweep(session, sweep_id)
+    context = {**_sweep_context(sweep), **extra}
+    return templates.TemplateResponse(request, "sweep.html", context, block_name="sweep_labels", status_code=code)
+
+
+@page_router.get("/sweeps/{sweep_id:int}/labels", response_class=HTMLResponse)
+def sweep_labels_fragment(request: Request, sweep: SweepDep, session: SessionDep, edit: bool = False) -> Response:
+    return _sweep_labels_block(request, session, sweep.id, editing=edit)
+
+
+@page_router.post("/sweeps/{sweep_id:int}/labels", response_class=HTMLResponse)
+async def save_sweep_labels(request: Request, sweep: SweepDep, session: SessionDep) -> Response:
+    values = _label_form(await request.form())
+    try:
+        manage.update_sweep(session, sweep.id, _patch_from_form(SweepPatch, values))
+    except (ValidationError, ValueError) as exc:
+        session.rollback()
+        errors = _label_errors(exc)
+        return _sweep_labels_block(
+            request, session, sweep.id, 422, editing=True, label_values=values, label_errors=errors
+        )
+    return _sweep_labels_block(request, session, sweep.id)
+
+
+@page_router.post("/sweeps/{sweep_id:int}/archive", response_class=HTMLResponse)
+def archive_sweep_from_page(request: Request, sweep: SweepDep, session: SessionDep) -> Response:
+    manage.update_sweep(session, sweep.id, SweepPatch(archived=not sweep.archived))
+    return _sweep_labels_block(request, session, sweep.id)
 
 
 @page_router.post("/sweeps/{sweep_id:int}/delete", response_class=HTMLResponse)

@@ -21,6 +21,7 @@ from app.web.schemas import Problem, UtcDateTime
 from app.web.templating import is_htmx, templates
 from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
 from tunedeck_state import runs as run_service
+from tunedeck_state.labels import tag_problem
 from tunedeck_state.models import Sweep
 
 api_router = APIRouter(tags=["sweeps"])
@@ -175,6 +176,14 @@ def preview_sweep(request: SweepRequest) -> Any:
     return {"count": len(plan.runs), "names": [p.spec.name for p in plan.runs], "varied": plan.varied}
 
 
+def _checked_tag(tag: str | None) -> str | None:
+    """The tag filter, stripped (None when empty); 422 naming `tag` when it cannot be a tag."""
+    tag = (tag or "").strip() or None
+    if tag and (problem := tag_problem(tag)):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"tag: {problem}")
+    return tag
+
+
 @api_router.get("/sweeps", response_model=list[SweepOut])
 def list_sweeps(
     session: SessionDep,
@@ -184,9 +193,12 @@ def list_sweeps(
         Literal["false", "true", "any"],
         Query(description="false: hide archived sweeps (the default); true: only them."),
     ] = "false",
+    tag: Annotated[str | None, Query(max_length=32, description="Only the sweeps with this tag.")] = None,
 ) -> Any:
     chosen = {"false": False, "true": True, "any": None}[archived]
-    return [sweep_out(s) for s in sweep_service.list_sweeps(session, limit=limit, offset=offset, archived=chosen)]
+    tag = _checked_tag(tag)
+    found = sweep_service.list_sweeps(session, limit=limit, offset=offset, archived=chosen, tag=tag)
+    return [sweep_out(s) for s in found]
 
 
 @api_router.get("/sweeps/{sweep_id}", response_model=SweepOut)
@@ -211,10 +223,20 @@ def _sweep_rows(sweeps: list[Sweep]) -> list[dict[str, Any]]:
 
 
 @page_router.get("/sweeps", response_class=HTMLResponse)
-def sweeps_page(request: Request, session: SessionDep, archived: bool = False) -> Response:
-    rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200, archived=archived))
+def sweeps_page(
+    request: Request,
+    session: SessionDep,
+    archived: str = "false",
+    tag: Annotated[str | None, Query(max_length=32)] = None,
+) -> Response:
+    """The sweeps, newest first; `archived=true` the archived ones, `any` both; `tag` those with the tag."""
+    chosen = None if archived == "any" else archived.lower() in ("true", "1", "yes", "on")
+    tag = _checked_tag(tag)
+    rows = _sweep_rows(sweep_service.list_sweeps(session, limit=200, archived=chosen, tag=tag))
     block = "sweeps_table" if is_htmx(request) else None
-    return templates.TemplateResponse(request, "sweeps.html", {"rows": rows, "archived": archived}, block_name=block)
+    query = urlencode({k: v for k, v in {"archived": archived if chosen is not False else "", "tag": tag}.items() if v})
+    context = {"rows": rows, "archived": chosen, "tag": tag or "", "query": query}
+    return templates.TemplateResponse(request, "sweeps.html", context, block_name=block)
 
 
 def _sweep_context(sweep: Sweep) -> dict[str, Any]:
