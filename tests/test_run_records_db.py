@@ -215,7 +215,7 @@ def test_the_runs_pages_next_link_follows_the_cursor(session: Session) -> None:
 
 def test_run_list_indexes_are_there_after_migrating(session: Session) -> None:
     many_runs(session, 3)
-    """Migration 0011: the list indexes on both databases; on PostgreSQL the lower-cased names that searches
+    """Migration 0012: the list indexes on both databases; on PostgreSQL the lower-cased names that searches
     compare, kept by the database as names change, and their trigram index."""
     from sqlalchemy import inspect, text
 
@@ -248,7 +248,7 @@ def test_run_statistics_are_refreshed_when_the_table_has_grown(session: Session)
 
 @pytest.mark.services
 def test_without_pg_trgm_the_migration_goes_on_and_searches_still_work(postgres_url: str) -> None:
-    """A role that may not create extensions (no CREATE on its database): 0011 leaves the trigram index out,
+    """A role that may not create extensions (no CREATE on its database): 0012 leaves the trigram index out,
     name searches scan the folded names instead."""
     import uuid
 

@@ -136,7 +136,7 @@ class Run(Base):
         return 100.0 * self.trainable_params / self.total_params
 
 
-#: What the run lists walk (migration 0011): every list filters on `archived`, and ties sort newest first.
+#: What the run lists walk (migration 0012): every list filters on `archived`, and ties sort newest first.
 RUN_LIST_INDEXES = (
     Index("ix_runs_list_status", Run.archived, Run.status, Run.id.desc()),
     Index("ix_runs_list_status_desc", Run.archived, Run.status.desc(), Run.id.desc()),
@@ -146,7 +146,7 @@ RUN_LIST_INDEXES = (
     Index("ix_runs_list_disk", Run.archived, Run.disk_bytes, Run.id.desc()),
 )
 # Also ix_runs_list_tags (its shape differs by database), and on PostgreSQL name_folded with its indexes: see
-# migration 0011.
+# migration 0012.
 
 
 class Metric(Base):

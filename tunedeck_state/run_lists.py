@@ -26,7 +26,7 @@ class RunPage:
 
 
 #: What run lists (GET /api/runs, the runs page) sort by: `name` ascending, `-name` descending. Each sort has an
-#: index that also holds `archived` and the tie-break (migrations 0007, 0011), so a sorted, filtered page, its
+#: index that also holds `archived` and the tie-break (migrations 0007, 0012), so a sorted, filtered page, its
 #: next page and its count read only index entries however many runs there are.
 RUN_SORTS: dict[str, Any] = {
     "created": Run.id,  # ids grow with creation
@@ -121,14 +121,14 @@ def _fits(value: Any, column: Any) -> bool:
     return isinstance(value, int | float) if kind is float else isinstance(value, kind)
 
 
-#: PostgreSQL only (migration 0011): lower(name), stored. Not a model column: SQLite has none.
+#: PostgreSQL only (migration 0012): lower(name), stored. Not a model column: SQLite has none.
 NAME_FOLDED = literal_column("runs.name_folded", String)
 
 
 def name_contains(text: str, dialect: str) -> ColumnElement[bool]:
     """Run names containing `text`, in any case. SQLite's LIKE already ignores ASCII case (as its lower() folds
     only ASCII), and without lower() on each name a scan of 100,000 names costs 7 ms instead of 19. PostgreSQL
-    compares the names lower-cased when written (`name_folded`, migration 0011: 12 ms instead of 27 for lower() on
+    compares the names lower-cased when written (`name_folded`, migration 0012: 12 ms instead of 27 for lower() on
     each, 35 for ILIKE), which its trigram index holds."""
     pattern = "%" + text.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
     if dialect == "sqlite":
@@ -157,7 +157,7 @@ def _filters(
     if tag:
         tagged = has_tag(Run.tags, tag)
         counted.append(tagged)
-        # A scan of the tags' index (migration 0011), not of the rows, each holding a spec and details.
+        # A scan of the tags' index (migration 0012), not of the rows, each holding a spec and details.
         conditions.append(Run.id.in_(select(Run.id).where(tagged)))
     if name:
         matches = name_contains(name, dialect)

@@ -11,8 +11,8 @@ searches scan the folded-name index instead (slower for rare matches, still corr
 
 Then ANALYZE runs, so both planners choose among the indexes by their statistics.
 
-Revision ID: 0011_runs_list_scale
-Revises: 0010_compare_scale
+Revision ID: 0012_runs_list_scale
+Revises: 0011_run_ids_never_reused
 Create Date: 2026-12-02 20:40:00.000000
 """
 
@@ -23,8 +23,8 @@ import logging
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_runs_list_scale"
-down_revision = "0010_compare_scale"
+revision = "0012_runs_list_scale"
+down_revision = "0011_run_ids_never_reused"
 branch_labels = None
 depends_on = None
 
