@@ -122,6 +122,19 @@ def test_parallel_coordinates_importances_and_groups(grid: tuple[Stack, list[int
     assert len(bands) == 3 and all(max(b["n"]) == 4 for b in bands)
 
 
+def test_trials_view_in_creation_order_with_the_best_so_far(grid: tuple[Stack, list[int]]) -> None:
+    stack, ids = grid
+    trials = _compare(stack, list(reversed(ids))).json()["trials"]  # the order asked for is not the trial order
+    assert trials["order"] == "creation"
+    assert [p["run_id"] for p in trials["points"]] == ids
+    assert {p["state"] for p in trials["points"]} == {"succeeded"}
+    values = [p["value"] for p in trials["points"]]
+    assert [p["best_so_far"] for p in trials["points"]] == [min(values[: i + 1]) for i in range(len(values))]
+    assert trials["best_run_id"] == min(trials["points"], key=lambda p: p["value"])["run_id"]
+    by_loss = _compare(stack, ids, objective="final_train_loss").json()["trials"]
+    assert by_loss["objective"]["key"] == "final_train_loss" and by_loss["objective"]["lower_is_better"]
+
+
 def test_bad_view_parameters_are_422_naming_the_field(grid: tuple[Stack, list[int]]) -> None:
     stack, ids = grid
     answer = _compare(stack, ids, objective="accuracy")
@@ -182,6 +195,10 @@ def test_views_render_and_brushing_filters_the_table(grid: tuple[Stack, list[int
     assert page.locator("#cmp-parallel-svg polyline").count() == len(ids)
     assert page.locator("#cmp-importance-table tr").first.get_attribute("data-param") == "method.r"
     assert page.locator("#cmp-runs-table tbody tr:not([hidden])").count() == len(ids)
+    trials = page.locator(f"#cmp-trials-chart[data-drawn=true][data-points='{len(ids)}']")
+    assert trials.count() == 1 and "Best so far" in page.inner_text("#cmp-trials-best")
+    page.check("#cmp-trials-succeeded")
+    assert "trials=succeeded" in page.url
 
     # Brush the rank axis around r=32 (its top end, log scale): only the 4 rank-32 runs stay in the table.
     brush_area = page.locator("g.axis[data-axis='method.r'] rect.brush-area")
@@ -206,5 +223,6 @@ def test_views_render_and_brushing_filters_the_table(grid: tuple[Stack, list[int
     assert "group_by=method.r" in page.url
     page.reload()  # the URL brings the same view back
     page.wait_for_selector("#compare[data-views-drawn=true]")
+    assert page.locator("#cmp-trials-succeeded").is_checked()
     page.wait_for_function("document.getElementById('cmp-runs-table').dataset.shown === '4'")
     assert page.locator("#cmp-group-by").input_value() == "method.r"
