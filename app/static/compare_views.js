@@ -233,6 +233,13 @@
     pruned: { label: "pruned", stroke: "#ea580c", fill: "#ffffff", size: 9 },
     failed: { label: "failed or cancelled", stroke: "#6b7280", fill: "#9ca3af", size: 7 },
   };
+  // y ticks with digits enough to tell them apart (trials often differ in the third digit)
+  function closeValues(u, splits) {
+    const span = Math.abs(splits[splits.length - 1] - splits[0]) || 1;
+    const size = Math.max(...splits.map((v) => Math.abs(v)));
+    const digits = Math.min(8, Math.max(3, Math.ceil(Math.log10(size / span)) + 2));
+    return splits.map((v) => String(+v.toPrecision(digits)));
+  }
   const trialKind = (state) => (state === "cancelled" ? "failed" : state);
 
   function drawTrials(data, ctx) {
@@ -279,7 +286,7 @@
       body,
       {
         scales: { x: { time: false } },
-        axes: [{ label: tv.order === "sweep trial" ? "trial" : "run (creation order)", values: (u, s) => s.map((v) => (Number.isInteger(v) ? String(v) : "")) }, { size: 60, values: (u, s) => s.map(ctx.formatNumber) }],
+        axes: [{ label: tv.order === "sweep trial" ? "trial" : "run (creation order)", values: (u, s) => s.map((v) => (Number.isInteger(v) ? String(v) : "")) }, { size: 60, values: closeValues }],
         series: [
           { label: "trial", value: (u, v) => (v == null ? "" : String(v)) },
           ...kinds.map((k) => ({
