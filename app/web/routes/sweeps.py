@@ -9,12 +9,14 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.services import sweep_search
 from app.services import sweeps as sweep_service
+from app.services.compare import DEFAULT_OBJECTIVE
+from app.services.compare.columns import QUALITY_METRICS
 from app.services.sweeps import SweepInvalid, SweepRequest
 from app.web import sweep_form
 from app.web.deps import SessionDep, SweepDep
@@ -23,6 +25,7 @@ from app.web.templating import is_htmx, templates
 from runspec import RunSpec
 from tunedeck_state import runs as run_service
 from tunedeck_state.models import Sweep
+from tunedeck_state.search.pruning import rung_values
 
 api_router = APIRouter(tags=["sweeps"])
 page_router = APIRouter()
@@ -43,6 +46,10 @@ class SweepRunOut(BaseModel):
     error: str | None
     prune_reason: str | None
     params: dict[str, Any] | None
+    rungs: list[float] = Field(
+        default_factory=list,
+        description="hyperband: the eval loss at each rung the pruner judged the run at (a pruned run failed its last)",
+    )
 
 
 class SweepOut(BaseModel):
@@ -96,6 +103,7 @@ def sweep_out(sweep: Sweep) -> dict[str, Any]:
             "error": m.run.error,
             "prune_reason": m.run.prune_reason,
             "params": (m.trial or {}).get("params"),
+            "rungs": rung_values((m.trial or {}).get("system_attrs")),
         }
         for m in sweep.members
     ]
@@ -225,6 +233,7 @@ def _sweep_context(sweep: Sweep) -> dict[str, Any]:
         "summary": sweep_service.summarize(sweep),
         "members": sweep.members,
         "request_json": json.dumps(sweep.request, indent=2, ensure_ascii=False),
+        "rungs": {m.run_id: rung_values((m.trial or {}).get("system_attrs")) for m in sweep.members},
     }
 
 
@@ -233,6 +242,9 @@ def sweep_page(
     request: Request, sweep: SweepDep, group_by: str | None = None, objective: str | None = None
 ) -> Response:
     block = "sweep_live" if is_htmx(request) else None
+    searched = ((sweep.request or {}).get("objective") or {}).get("metric")
+    if objective is None and searched in QUALITY_METRICS and searched != DEFAULT_OBJECTIVE:
+        objective = searched  # the views (parallel coordinates, trials) start on the search's own objective
     # the comparison's view parameters, passed on to GET /api/compare (which checks them)
     view = urlencode({k: v for k, v in {"group_by": group_by, "objective": objective}.items() if v}, safe=",")
     context = {**_sweep_context(sweep), "view_query": "&" + view if view else ""}
