@@ -192,6 +192,13 @@ def _tpe_sweep_end_to_end(search_stack: Stack, tiny_assets: Any, tmp_path_factor
         assert run["step"] < STEPS
         assert sweep["steps_saved"] == sum(STEPS - r["step"] for r in pruned)
 
+        # the objective trial by trial: the sweep's trial order, each run's state, the best of the succeeded ones
+        trials = client.get("/api/compare", params={"sweep_id": sweep["id"]}).json()["trials"]
+        assert trials["order"] == "sweep trial" and [p["number"] for p in trials["points"]] == list(range(TRIALS))
+        assert {p["run_id"]: p["state"] for p in trials["points"]} == {r["id"]: r["status"] for r in sweep["runs"]}
+        succeeded = [p["value"] for p in trials["points"] if p["state"] == "succeeded"]
+        assert trials["best_value"] == min(succeeded) and trials["points"][-1]["best_so_far"] == min(succeeded)
+
         page = client.get(f"/sweeps/{sweep['id']}").text
         assert "pruned" in page and run["prune_reason"] in page and "GPU-steps" in page
         run_page = client.get(f"/runs/{run['id']}").text
