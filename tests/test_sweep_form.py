@@ -95,6 +95,7 @@ BAD = [
     ("a pruner on a maximised loss", {"objective_direction": "maximize"}, "pruner", "minimize"),
     ("a spec value out of bounds", {"space-0-low": "0"}, "space-0", ""),
     ("a field listed twice", {"space-1-path": "method.r"}, "space-1", "twice"),
+    ("an unknown strategy", {"strategy": "bayes"}, "strategy", "tpe"),
 ]
 
 

@@ -80,7 +80,6 @@ def _rows(form: Mapping[str, Any], prefix: str, keys: Sequence[str], shown: int)
 
 def form_values(form: Mapping[str, Any]) -> dict[str, Any]:
     """The posted fields, as the template shows them again."""
-    strategy = str(form.get("strategy", "grid"))
     space = _rows(form, "space", ("path", "type", "low", "high", "log", "choices"), SPACE_ROWS)
     for row in space:
         row["log"] = "on" if row["log"].lower() in TRUE else ""
@@ -88,7 +87,7 @@ def form_values(form: Mapping[str, Any]) -> dict[str, Any]:
         "name": str(form.get("name", "")).strip(),
         "base": str(form.get("base", "")),
         "rerun": str(form.get("rerun", "")).lower() in TRUE,
-        "strategy": strategy if strategy in STRATEGIES else "grid",
+        "strategy": str(form.get("strategy", "grid")),  # an unknown one is refused by the request's validation
         "vary": _rows(form, "vary", ("path", "values"), VARY_ROWS),
         "space": space,
         "max_runs": str(form.get("max_runs", "")).strip(),

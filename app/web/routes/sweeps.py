@@ -284,7 +284,7 @@ def _new_sweep_context(
     values = values or {}
     return {
         "values": values,
-        "strategy": values.get("strategy") or "grid",
+        "strategy": values["strategy"] if values.get("strategy") in sweep_form.STRATEGIES else "grid",
         "vary_rows": _padded(values.get("vary") or [], {"path": "", "values": ""}, sweep_form.VARY_ROWS),
         "space_rows": _padded(values.get("space") or [], _space_row("", "float"), sweep_form.SPACE_ROWS),
         "vary_options": sweep_form.vary_options(),
