@@ -122,6 +122,19 @@ def test_parallel_coordinates_importances_and_groups(grid: tuple[Stack, list[int
     assert len(bands) == 3 and all(max(b["n"]) == 4 for b in bands)
 
 
+def test_trials_view_in_creation_order_with_the_best_so_far(grid: tuple[Stack, list[int]]) -> None:
+    stack, ids = grid
+    trials = _compare(stack, list(reversed(ids))).json()["trials"]  # the order asked for is not the trial order
+    assert trials["order"] == "creation"
+    assert [p["run_id"] for p in trials["points"]] == ids
+    assert {p["state"] for p in trials["points"]} == {"succeeded"}
+    values = [p["value"] for p in trials["points"]]
+    assert [p["best_so_far"] for p in trials["points"]] == [min(values[: i + 1]) for i in range(len(values))]
+    assert trials["best_run_id"] == min(trials["points"], key=lambda p: p["value"])["run_id"]
+    by_loss = _compare(stack, ids, objective="final_train_loss").json()["trials"]
+    assert by_loss["objective"]["key"] == "final_train_loss" and by_loss["objective"]["lower_is_better"]
+
+
 def test_bad_view_parameters_are_422_naming_the_field(grid: tuple[Stack, list[int]]) -> None:
     stack, ids = grid
     answer = _compare(stack, ids, objective="accuracy")
@@ -182,6 +195,10 @@ def test_views_render_and_brushing_filters_the_table(grid: tuple[Stack, list[int
     assert page.locator("#cmp-parallel-svg polyline").count() == len(ids)
     assert page.locator("#cmp-importance-table tr").first.get_attribute("data-param") == "method.r"
     assert page.locator("#cmp-runs-table tbody tr:not([hidden])").count() == len(ids)
+    trials = page.locator(f"#cmp-trials-chart[data-drawn=true][data-points='{len(ids)}']")
+    assert trials.count() == 1 and "Best so far" in page.inner_text("#cmp-trials-best")
+    page.check("#cmp-trials-succeeded")
+    assert "trials=succeeded" in page.url
 
     # Brush the rank axis around r=32 (its top end, log scale): only the 4 rank-32 runs stay in the table.
     brush_area = page.locator("g.axis[data-axis='method.r'] rect.brush-area")
@@ -206,5 +223,58 @@ def test_views_render_and_brushing_filters_the_table(grid: tuple[Stack, list[int
     assert "group_by=method.r" in page.url
     page.reload()  # the URL brings the same view back
     page.wait_for_selector("#compare[data-views-drawn=true]")
+    assert page.locator("#cmp-trials-succeeded").is_checked()
     page.wait_for_function("document.getElementById('cmp-runs-table').dataset.shown === '4'")
     assert page.locator("#cmp-group-by").input_value() == "method.r"
+
+
+def _ended(data_dir: Path, name: str, status: Any, eval_losses: list[float]) -> int:
+    """A run written through the workers' state calls, ended in `status` after reporting these eval losses."""
+    from runspec import RunSpec
+    from tunedeck_state import runs as run_service
+    from tunedeck_state.db import session_scope
+
+    spec = RunSpec.model_validate(
+        {
+            "name": name,
+            "model": str(data_dir / "model"),
+            "dataset": {"source": str(data_dir / "data.jsonl")},
+            "method": {"name": "lora", "r": 4},
+            "training": {"max_steps": 100},
+        }
+    )
+    with session_scope() as session:
+        run_id = run_service.create_run(session, spec).id
+    with session_scope() as session:
+        assert run_service.claim_run(session, run_id, 1, "test-worker")
+        points = [(10 * (i + 1), "eval_loss", v) for i, v in enumerate(eval_losses)]
+        update_ = run_service.ProgressUpdate(step=10 * len(points), max_steps=100, metrics=points)
+        run_service.record_progress(session, run_id, update_, attempt=1)
+        assert run_service.finish_run(session, run_id, run_service.RunOutcome(status=status), attempt=1)
+    return run_id
+
+
+@pytest.mark.browser
+def test_trials_chart_marks_pruned_and_failed_runs(grid: tuple[Stack, list[int]], browser_page: Any) -> None:
+    from tunedeck_state.models import RunStatus
+
+    stack, ids = grid
+    pruned = _ended(stack.data_dir, "stopped early", RunStatus.pruned, [0.5])  # lower than any: not the best
+    failed = _ended(stack.data_dir, "broke", RunStatus.failed, [])
+    chosen = [*ids[:3], pruned, failed]
+    trials = _compare(stack, chosen).json()["trials"]
+    assert [p["state"] for p in trials["points"]] == ["succeeded"] * 3 + ["pruned", "failed"]
+    best = min(trials["points"][:3], key=lambda p: p["value"])
+    assert trials["best_run_id"] == best["run_id"] and trials["points"][3]["best_so_far"] == best["value"]
+    assert trials["points"][3]["value"] == 0.5 and trials["points"][4]["value"] is None
+
+    page = browser_page
+    page.goto(f"{stack.base_url}/compare?run_ids={','.join(map(str, chosen))}")
+    chart = page.locator("#cmp-trials-chart[data-drawn=true]")
+    chart.wait_for()
+    assert chart.get_attribute("data-points") == "4" and chart.get_attribute("data-pruned") == "1"
+    assert chart.get_attribute("data-best-run-id") == str(best["run_id"])
+    legend = chart.locator(".u-legend").inner_text()
+    assert "pruned" in legend and "best so far" in legend
+    page.check("#cmp-trials-succeeded")  # only succeeded runs: the pruned point is gone
+    page.locator("#cmp-trials-chart[data-drawn=true][data-points='3'][data-pruned='0']").wait_for()

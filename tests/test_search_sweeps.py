@@ -134,11 +134,12 @@ def test_preview_shows_the_space_and_the_budget(search_stack: Stack, tiny_assets
     assert preview["budget"] == {"max_runs": TRIALS, "max_concurrent": 1}
 
 
-def _wait_sweep(client: Any, sweep_id: int, timeout: float = 900) -> dict[str, Any]:
+def _wait_sweep(client: Any, sweep_id: int, timeout: float = 900, concurrent: int = 1) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         sweep = client.get(f"/api/sweeps/{sweep_id}").json()
-        assert sweep["counts"].get("queued", 0) + sweep["counts"].get("running", 0) <= 1, sweep["counts"]
+        in_flight = sweep["counts"].get("queued", 0) + sweep["counts"].get("running", 0)
+        assert in_flight <= concurrent, sweep["counts"]
         if sweep["state"] not in ("queued", "running"):
             return sweep
         time.sleep(1)
@@ -191,6 +192,13 @@ def _tpe_sweep_end_to_end(search_stack: Stack, tiny_assets: Any, tmp_path_factor
         assert run["step"] < STEPS
         assert sweep["steps_saved"] == sum(STEPS - r["step"] for r in pruned)
 
+        # the objective trial by trial: the sweep's trial order, each run's state, the best of the succeeded ones
+        trials = client.get("/api/compare", params={"sweep_id": sweep["id"]}).json()["trials"]
+        assert trials["order"] == "sweep trial" and [p["number"] for p in trials["points"]] == list(range(TRIALS))
+        assert {p["run_id"]: p["state"] for p in trials["points"]} == {r["id"]: r["status"] for r in sweep["runs"]}
+        succeeded = [p["value"] for p in trials["points"] if p["state"] == "succeeded"]
+        assert trials["best_value"] == min(succeeded) and trials["points"][-1]["best_so_far"] == min(succeeded)
+
         page = client.get(f"/sweeps/{sweep['id']}").text
         assert "pruned" in page and run["prune_reason"] in page and "GPU-steps" in page
         run_page = client.get(f"/runs/{run['id']}").text
@@ -204,3 +212,34 @@ def _tpe_sweep_end_to_end(search_stack: Stack, tiny_assets: Any, tmp_path_factor
         assert finished["attempt"] == 2
         after = client.get(f"/api/sweeps/{sweep['id']}").json()
         assert after["total"] == TRIALS  # the budget was spent: resuming asks for no new trial
+
+
+def test_random_sweep_with_hyperband_pruner_end_to_end(search_stack: Stack, tiny_assets: Any) -> None:
+    """Hyperband on the real stack (SQLite), small: 4 trials of 8 steps, an eval every 2 (rungs at steps 2, 4 and 8
+    with reduction factor 2). Every trial's eval losses reach the pruner: each is judged at its bracket's rungs,
+    and the rungs it was judged at are kept on the sweep (and shown on its page); a pruned one says why."""
+    body = _body(
+        tiny_assets,
+        name="hyperband search",
+        strategy="random",
+        pruner={"type": "hyperband", "reduction_factor": 2},
+        budget={"max_runs": TRIALS, "max_concurrent": 2},
+        seed=11,
+    )
+    with search_stack.client() as client:
+        created = client.post("/api/sweeps", json=body)
+        assert created.status_code == 201, created.text
+        sweep = _wait_sweep(client, created.json()["id"], concurrent=2)
+        assert sweep["total"] == TRIALS and sweep["state"] == "succeeded", sweep
+        runs = sweep["runs"]
+        assert {run["status"] for run in runs} <= {"succeeded", "pruned"}, runs
+        assert all(run["rungs"] for run in runs), [(r["name"], r["status"], r["rungs"]) for r in runs]
+        for run in runs:
+            if run["status"] == "pruned":  # judged at its last rung and stopped there
+                assert "hyperband" in run["prune_reason"] and "not among the best 1/2" in run["prune_reason"]
+                assert run["step"] < STEPS
+            else:
+                assert run["prune_reason"] is None and run["step"] == STEPS
+        page = client.get(f"/sweeps/{sweep['id']}").text
+        assert page.count('class="pruner-rungs"') == TRIALS
+        assert "hyperband rung" in page or "stopped at the last" in page

@@ -51,10 +51,17 @@ def _entry_problems(prefix: str, space: Mapping[str, Any]) -> list[dict[str, Any
         try:
             parse_entry(path, raw)
         except ValidationError as exc:
-            problems += [_problem(f"{prefix}{path}", e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+            problems += [_problem(f"{prefix}{path}", _range_message(e)) for e in exc.errors()]
         except ValueError as exc:
             problems.append(_problem(f"{prefix}{path}", str(exc)))
     return problems
+
+
+def _range_message(error: Mapping[str, Any]) -> str:
+    """A range's error, naming its own field (low, high, type, log) when it is about one."""
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    loc = ".".join(str(p) for p in error.get("loc") or ())
+    return f"{loc}: {msg}" if loc else msg
 
 
 def check_space(request: SweepRequest) -> list[dict[str, Any]]:

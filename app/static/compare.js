@@ -106,6 +106,12 @@
     state.plots.push({ plot: p, body });
     return p;
   }
+  // the plots drawn inside `container`, taken out of the list (their caller destroys them before drawing again)
+  function plotsIn(container) {
+    const inside = state.plots.filter((p) => container.contains(p.body));
+    state.plots = state.plots.filter((p) => !container.contains(p.body));
+    return inside;
+  }
   function destroyPlots() {
     for (const { plot } of state.plots) plot.destroy();
     state.plots = [];
@@ -496,7 +502,7 @@
     timed("efficiency", drawEfficiency);
     timed("diff", drawDiff);
     timed("generations", drawGenerations);
-    if (window.TunedeckViews) timed("views", (d) => window.TunedeckViews.render(d, { el, color, formatNumber, plot, figure, reload: load }));
+    if (window.TunedeckViews) timed("views", (d) => window.TunedeckViews.render(d, { el, color, formatNumber, plot, figure, plotsIn, reload: load }));
     root.dataset.renderMs = JSON.stringify(timings); // how long each view took to draw (benchmarks read it)
     const active = data.table.filter((r) => r.status === "queued" || r.status === "running").length;
     $("cmp-status").textContent = `${data.table.length} runs` + (active ? ` · ${active} still training, refreshing` : "");

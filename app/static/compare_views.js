@@ -1,7 +1,9 @@
 // The views that explain a sweep, drawn from GET /api/compare's `parallel`, `importance`, `groups` and
-// `group_curves`: parallel coordinates (SVG; drag along an axis to brush it, which hides the table's other rows),
-// parameter importances (bars), grouping by any config field (mean ± std curves). The page's URL holds the view:
-// group_by, objective, axes (the parameter axes shown) and brush (axis:low:high, ;-separated), so it can be shared.
+// `group_curves` and `trials`: parallel coordinates (SVG; drag along an axis to brush it, which hides the table's
+// other rows), parameter importances (bars), the objective trial by trial with the best so far (uPlot), grouping by
+// any config field (mean ± std curves). The page's URL holds the view: group_by, objective, axes (the parameter axes
+// shown), brush (axis:low:high, ;-separated) and trials (succeeded: the trials chart without pruned or failed runs),
+// so it can be shared.
 (function () {
   const root = document.getElementById("compare");
   if (!root) return;
@@ -12,6 +14,7 @@
     brush: parseBrush(url.searchParams.get("brush")),
     axes: url.searchParams.get("axes") ? url.searchParams.get("axes").split(",") : null,
     selected: null, // run ids inside every brush (null: no brush)
+    trialsSucceededOnly: url.searchParams.get("trials") === "succeeded",
   };
 
   function parseBrush(text) {
@@ -27,6 +30,7 @@
     const brush = Object.entries(view.brush).map(([k, [a, b]]) => `${k}:${+a.toPrecision(6)}:${+b.toPrecision(6)}`).join(";");
     brush ? u.searchParams.set("brush", brush) : u.searchParams.delete("brush");
     view.axes ? u.searchParams.set("axes", view.axes.join(",")) : u.searchParams.delete("axes");
+    view.trialsSucceededOnly ? u.searchParams.set("trials", "succeeded") : u.searchParams.delete("trials");
     history.replaceState(null, "", u);
   }
   function setParam(name, value) {
@@ -221,6 +225,85 @@
     );
   }
 
+  // -- the objective trial by trial ---------------------------------------------------------------------
+  // One point per run at its trial (filled: succeeded, hollow: pruned, grey: failed or cancelled) and the best
+  // succeeded value so far as a step line; the best run is ringed.
+  const TRIAL_STYLE = {
+    succeeded: { label: "succeeded", stroke: "#2563eb", fill: "#2563eb", size: 8 },
+    pruned: { label: "pruned", stroke: "#ea580c", fill: "#ffffff", size: 9 },
+    failed: { label: "failed or cancelled", stroke: "#6b7280", fill: "#9ca3af", size: 7 },
+  };
+  // y ticks with digits enough to tell them apart (trials often differ in the third digit)
+  function closeValues(u, splits) {
+    const span = Math.abs(splits[splits.length - 1] - splits[0]) || 1;
+    const size = Math.max(...splits.map((v) => Math.abs(v)));
+    const digits = Math.min(8, Math.max(3, Math.ceil(Math.log10(size / span)) + 2));
+    return splits.map((v) => String(+v.toPrecision(digits)));
+  }
+  const trialKind = (state) => (state === "cancelled" ? "failed" : state);
+
+  function drawTrials(data, ctx) {
+    const container = $("cmp-trials");
+    if (!container || !data.trials) return;
+    container.replaceChildren();
+    const tv = data.trials;
+    const only = ctx.el("input", { type: "checkbox", id: "cmp-trials-succeeded", checked: view.trialsSucceededOnly });
+    only.addEventListener("change", () => {
+      view.trialsSucceededOnly = only.checked;
+      writeUrl();
+      for (const entry of ctx.plotsIn(container)) entry.plot.destroy();
+      drawTrials(data, ctx);
+    });
+    const counts = Object.entries(tv.counts).map(([k, n]) => `${n} ${k}`).join(", ");
+    const best = tv.points.find((p) => p.is_best);
+    container.append(
+      ctx.el("div", { class: "compare-controls" }, ctx.el("label", {}, only, " succeeded runs only")),
+      ctx.el(
+        "p",
+        { class: "muted", id: "cmp-trials-best" },
+        best
+          ? `Best so far: #${best.run_id} ${best.name}, ${tv.objective.label} ${ctx.formatNumber(best.value)} (trial ${best.number ?? best.trial}). `
+          : "No succeeded run with this metric yet. ",
+        `${tv.points.length} runs in ${tv.order === "sweep trial" ? "sweep trial" : "creation"} order: ${counts}.`,
+      ),
+    );
+    const shown = tv.points.filter((p) => !view.trialsSucceededOnly || p.state === "succeeded");
+    if (!shown.some((p) => p.value != null)) return;
+    const numbered = shown.every((p) => p.number != null); // a sweep's trial numbers, else the runs' order
+    const xs = shown.map((p) => (numbered ? p.number : p.trial));
+    const kinds = Object.keys(TRIAL_STYLE).filter((k) => shown.some((p) => trialKind(p.state) === k && p.value != null));
+    const columns = kinds.map((k) => shown.map((p) => (trialKind(p.state) === k ? p.value : null)));
+    const bestLine = shown.map((p) => p.best_so_far);
+    const ring = shown.map((p) => (p.is_best ? p.value : null));
+    const { fig, body } = ctx.figure(container, `${tv.objective.label} by trial (${tv.objective.lower_is_better ? "lower" : "higher"} is better)`, {
+      id: "cmp-trials-chart",
+      "data-points": String(shown.filter((p) => p.value != null).length),
+      "data-pruned": String(shown.filter((p) => p.state === "pruned").length),
+      "data-best-run-id": String(tv.best_run_id ?? ""),
+    });
+    ctx.plot(
+      fig,
+      body,
+      {
+        scales: { x: { time: false } },
+        axes: [{ label: tv.order === "sweep trial" ? "trial" : "run (creation order)", values: (u, s) => s.map((v) => (Number.isInteger(v) ? String(v) : "")) }, { size: 60, values: closeValues }],
+        series: [
+          { label: "trial", value: (u, v) => (v == null ? "" : String(v)) },
+          ...kinds.map((k) => ({
+            label: TRIAL_STYLE[k].label,
+            stroke: TRIAL_STYLE[k].stroke,
+            paths: () => null,
+            points: { show: true, size: TRIAL_STYLE[k].size, fill: TRIAL_STYLE[k].fill, stroke: TRIAL_STYLE[k].stroke, width: 2 },
+            value: (u, v) => ctx.formatNumber(v),
+          })),
+          { label: "best so far", stroke: "#111827", width: 1.5, spanGaps: true, paths: uPlot.paths.stepped({ align: 1 }), points: { show: false }, value: (u, v) => ctx.formatNumber(v) },
+          { label: "best run", stroke: "#16a34a", paths: () => null, points: { show: true, size: 16, fill: "transparent", stroke: "#16a34a", width: 2 }, value: (u, v) => ctx.formatNumber(v) },
+        ],
+      },
+      [xs, ...columns, bestLine, ring],
+    );
+  }
+
   // -- grouping ---------------------------------------------------------------------------------------
   function drawGroupControls(data) {
     const group = $("cmp-group-by"), objective = $("cmp-objective");
@@ -267,6 +350,7 @@
     drawGroupControls(data);
     drawParallel(data, ctx);
     drawImportance(data, ctx);
+    drawTrials(data, ctx);
     drawGroupCurves(data, ctx);
     if (!wired) {
       wired = true;

@@ -73,9 +73,23 @@ def prune_reason(sweep: Sweep, config: SearchConfig, members: Sequence[Member], 
     return _explain(config, study.get_trials(deepcopy=False), trial)
 
 
+RUNG_PREFIX = "completed_rung_"
+
+
+def rung_values(system_attrs: Mapping[str, Any] | None) -> list[float]:
+    """The eval loss at each Hyperband rung the pruner judged a run at, in rung order: it was kept at each but a
+    pruned run's last (kept on the sweep's link to the run, SweepRun.trial["system_attrs"])."""
+    rungs = []
+    for key, value in (system_attrs or {}).items():
+        suffix = key.removeprefix(RUNG_PREFIX)
+        if key.startswith(RUNG_PREFIX) and suffix.isdigit() and isinstance(value, int | float):
+            rungs.append((int(suffix), float(value)))
+    return [value for _, value in sorted(rungs)]
+
+
 def _keep_system_attrs(sweep: Sweep, current: Member, trial: FrozenTrial) -> None:
     """Hyperband's rungs are noted in the trial's system attributes: kept on the sweep's link to the run."""
-    attrs = {k: v for k, v in trial.system_attrs.items() if k.startswith("completed_rung")}
+    attrs = {k: v for k, v in trial.system_attrs.items() if k.startswith(RUNG_PREFIX)}
     if not attrs or attrs == current.system_attrs:
         return
     current.system_attrs = attrs

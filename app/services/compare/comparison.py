@@ -32,6 +32,7 @@ from app.services.compare.series import (
     tokens_at,
 )
 from app.services.compare.table import _seed_groups, _table_row
+from app.services.compare.trials import trials_view
 from app.services.compare.views import (
     DEFAULT_OBJECTIVE,
     check_group_by,
@@ -69,10 +70,12 @@ def compare(
     params: Sequence[str] | None = None,
     group_by: Sequence[str] | None = None,
     objective: str = DEFAULT_OBJECTIVE,
+    trial_numbers: Mapping[int, int] | None = None,
 ) -> dict[str, Any]:
     """`params`: the swept spec paths (a sweep's varied ones; by default those that differ between the runs);
     `group_by`: config fields to group the runs by (by default runs differing only in seed); `objective`: the
-    metric of the parallel coordinates and the importances. A bad view parameter raises ViewInvalid."""
+    metric of the parallel coordinates, the importances and the trials view; `trial_numbers`: run id → its sweep
+    trial number (the trials view's order; by default creation order). A bad view parameter raises ViewInvalid."""
     if x not in X_MODES:
         raise ValueError(f"x must be one of {', '.join(X_MODES)}")
     check_objective(objective)
@@ -110,6 +113,7 @@ def compare(
         "group_curves": group_curves(curves, groups) if by else {},
         "parallel": view,
         "importance": importance(view),
+        "trials": trials_view(runs, rows, objective, trial_numbers),
         "params": _param_charts(runs, flats, rows),
         "efficiency": _efficiency(rows),
         "diff": _diff(runs, flats),

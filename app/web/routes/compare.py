@@ -51,9 +51,10 @@ def resolve_run_ids(
     sweep_id: int | None,
     tag: str | None = None,
     varied: list[str] | None = None,
+    trial_numbers: dict[int, int] | None = None,
 ) -> list[int]:
     """The runs named, then a sweep's and a tag's runs (archived runs left out of those two); a sweep's varied spec
-    paths are appended to `varied` when one is given."""
+    paths are appended to `varied`, and its runs' trial numbers put in `trial_numbers`, when they are given."""
     ids = parse_run_ids(run_ids)
     if sweep_id is not None:
         try:
@@ -63,6 +64,8 @@ def resolve_run_ids(
         ids += [m.run_id for m in sweep.members if m.run_id not in ids and not m.run.archived]
         if varied is not None:
             varied += list(sweep.varied or [])
+        if trial_numbers is not None:
+            trial_numbers.update({m.run_id: int((m.trial or {}).get("number", m.position)) for m in sweep.members})
     if tag:
         if problem := tag_problem(tag):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"tag: {problem}")
@@ -117,13 +120,22 @@ def compare(
     """Compare any set of runs: named, a sweep's, a tag's (archived runs are left out of a sweep's and a tag's).
     Curves are downsampled on the server (min/max per bucket, so spikes stay). With the views that explain a sweep:
     parallel coordinates over the swept parameters (a sweep's varied paths, else the fields that differ) and the
-    objective, PED-ANOVA importances, and groups by any config field."""
+    objective, PED-ANOVA importances, groups by any config field, and `trials`: the objective trial by trial (a
+    sweep's trial order, else creation order) with each run's state and the best value so far."""
     varied: list[str] = []
-    ids = resolve_run_ids(session, run_ids, sweep_id, tag, varied)
+    numbers: dict[int, int] = {}
+    ids = resolve_run_ids(session, run_ids, sweep_id, tag, varied, numbers)
     by = [p.strip() for p in (group_by or "").split(",") if p.strip()] or None
     try:
         comparison = compare_service.compare(
-            session, ids, x=x, max_points=max_points, params=varied, group_by=by, objective=objective
+            session,
+            ids,
+            x=x,
+            max_points=max_points,
+            params=varied,
+            group_by=by,
+            objective=objective,
+            trial_numbers=numbers,
         )
     except compare_service.RunsNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None

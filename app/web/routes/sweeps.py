@@ -9,20 +9,24 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.services import sweep_search
 from app.services import sweeps as sweep_service
+from app.services.compare import DEFAULT_OBJECTIVE
+from app.services.compare.columns import QUALITY_METRICS
 from app.services.sweeps import SweepInvalid, SweepRequest
+from app.web import sweep_form
 from app.web.deps import SessionDep, SweepDep
 from app.web.schemas import Problem, UtcDateTime
 from app.web.templating import is_htmx, templates
-from runspec import METHODS, DatasetSpec, RunSpec, TrainingSpec
+from runspec import RunSpec
 from tunedeck_state import runs as run_service
 from tunedeck_state.labels import tag_problem
 from tunedeck_state.models import Sweep
+from tunedeck_state.search.pruning import rung_values
 
 api_router = APIRouter(tags=["sweeps"])
 page_router = APIRouter()
@@ -43,6 +47,10 @@ class SweepRunOut(BaseModel):
     error: str | None
     prune_reason: str | None
     params: dict[str, Any] | None
+    rungs: list[float] = Field(
+        default_factory=list,
+        description="hyperband: the eval loss at each rung the pruner judged the run at (a pruned run failed its last)",
+    )
 
 
 class SweepOut(BaseModel):
@@ -96,6 +104,7 @@ def sweep_out(sweep: Sweep) -> dict[str, Any]:
             "error": m.run.error,
             "prune_reason": m.run.prune_reason,
             "params": (m.trial or {}).get("params"),
+            "rungs": rung_values((m.trial or {}).get("system_attrs")),
         }
         for m in sweep.members
     ]
@@ -139,6 +148,13 @@ def invalid_response(exc: SweepInvalid) -> JSONResponse:
     )
 
 
+def launch(session: Session, request: SweepRequest) -> Sweep:
+    """Create the sweep a request asks for (the API's and the form's): a grid's runs, or a search's first trials."""
+    if request.strategy == "grid":
+        return sweep_service.create_sweep(session, sweep_search.grid_from_space(request))
+    return sweep_search.create_search_sweep(session, request)
+
+
 @api_router.post(
     "/sweeps",
     status_code=status.HTTP_201_CREATED,
@@ -153,10 +169,7 @@ def create_sweep(request: SweepRequest, session: SessionDep) -> Any:
     Random / TPE: check the space, store the sweep and queue its first budget.max_concurrent trials; the next
     ones are asked as runs end."""
     try:
-        if request.strategy == "grid":
-            sweep = sweep_service.create_sweep(session, sweep_search.grid_from_space(request))
-        else:
-            sweep = sweep_search.create_search_sweep(session, request)
+        sweep = launch(session, request)
     except SweepInvalid as exc:
         session.rollback()
         return invalid_response(exc)
@@ -212,9 +225,6 @@ def cancel_sweep(sweep: SweepDep, session: SessionDep) -> Any:
     return sweep_out(sweep_service.cancel_sweep(session, sweep.id))
 
 
-VARY_ROWS = 4
-
-
 # -- sweeps ----------------------------------------------------------------------------------------------
 
 
@@ -245,6 +255,7 @@ def _sweep_context(sweep: Sweep) -> dict[str, Any]:
         "summary": sweep_service.summarize(sweep),
         "members": sweep.members,
         "request_json": json.dumps(sweep.request, indent=2, ensure_ascii=False),
+        "rungs": {m.run_id: rung_values((m.trial or {}).get("system_attrs")) for m in sweep.members},
     }
 
 
@@ -253,6 +264,9 @@ def sweep_page(
     request: Request, sweep: SweepDep, group_by: str | None = None, objective: str | None = None
 ) -> Response:
     block = "sweep_live" if is_htmx(request) else None
+    searched = ((sweep.request or {}).get("objective") or {}).get("metric")
+    if objective is None and searched in QUALITY_METRICS and searched != DEFAULT_OBJECTIVE:
+        objective = searched  # the views (parallel coordinates, trials) start on the search's own objective
     # the comparison's view parameters, passed on to GET /api/compare (which checks them)
     view = urlencode({k: v for k, v in {"group_by": group_by, "objective": objective}.items() if v}, safe=",")
     context = {**_sweep_context(sweep), "view_query": "&" + view if view else ""}
@@ -268,43 +282,16 @@ def cancel_sweep_from_page(request: Request, sweep: SweepDep, session: SessionDe
 # -- new sweep -------------------------------------------------------------------------------------------
 
 
-def _leaf_paths(model: type[BaseModel], prefix: str) -> list[str]:
-    """Fields a sweep can vary from a form: scalars (numbers, strings, booleans, choices), not lists."""
-    paths = []
-    for name, prop in model.model_json_schema().get("properties", {}).items():
-        variants = prop.get("anyOf", [prop])
-        if any(v.get("type") in ("array", "object") or "$ref" in v for v in variants):
-            continue
-        paths.append(f"{prefix}.{name}")
-    return paths
-
-
-def vary_options() -> list[str]:
-    options = ["method.name"]
-    for cls in METHODS.values():
-        options += [p for p in _leaf_paths(cls, "method") if p not in options]
-    options += _leaf_paths(TrainingSpec, "training")
-    options += [p for p in _leaf_paths(DatasetSpec, "dataset") if p != "dataset.source"]
-    return options
-
-
-def parse_values(raw: str) -> list[Any]:
-    """ "1, 2, 4" → [1, 2, 4]; "1e-4, 3e-4" → floats; "lora, full" → strings; true/false → booleans."""
-    values = []
-    for part in raw.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = json.loads(part)
-        except ValueError:
-            value = part
-        values.append(value if isinstance(value, int | float | str | bool) else part)
-    return values
-
-
 def _default_base() -> dict[str, Any]:
     return RunSpec.model_validate({"name": "base"}).model_dump(mode="json", exclude={"name"})
+
+
+def _padded(rows: list[dict[str, Any]], blank: dict[str, Any], shown: int) -> list[dict[str, Any]]:
+    return [*rows, *([blank] * (shown - len(rows)))]
+
+
+def _space_row(path: str, kind: str, low: str = "", high: str = "", *, log: bool = False) -> dict[str, str]:
+    return {"path": path, "type": kind, "low": low, "high": high, "log": "on" if log else "", "choices": ""}
 
 
 def _new_sweep_context(
@@ -313,21 +300,23 @@ def _new_sweep_context(
     *,
     count: int | None = None,
     names: list[str] | None = None,
+    search: dict[str, Any] | None = None,
     problems: list[dict[str, Any]] | None = None,
-    error: str | None = None,
 ) -> dict[str, Any]:
     values = values or {}
-    rows = values.get("vary") or []
-    rows = [*rows, *([{"path": "", "values": ""}] * (VARY_ROWS - len(rows)))]
     return {
         "values": values,
-        "vary_rows": rows,
-        "vary_options": vary_options(),
+        "strategy": values["strategy"] if values.get("strategy") in sweep_form.STRATEGIES else "grid",
+        "vary_rows": _padded(values.get("vary") or [], {"path": "", "values": ""}, sweep_form.VARY_ROWS),
+        "space_rows": _padded(values.get("space") or [], _space_row("", "float"), sweep_form.SPACE_ROWS),
+        "vary_options": sweep_form.vary_options(),
         "recent_runs": run_service.list_runs(session, limit=50).items,
         "count": count,
         "names": names or [],
+        "search": search,
         "problems": problems or [],
-        "error": error,
+        "errors": sweep_form.field_errors(problems or [], values),
+        **sweep_form.choices(),
     }
 
 
@@ -344,112 +333,57 @@ def new_sweep_page(request: Request, session: SessionDep, base_run: int | None =
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {base_run} does not exist") from None
         base = {k: v for k, v in run.spec.items() if k != "name"}
         name = f"{run.name} sweep"[:80]
+    lora = base.get("method", {}).get("name") == "lora"
     values = {
         "name": name,
         "base": json.dumps(base, indent=2, ensure_ascii=False),
         "base_run": base_run,
-        "vary": [{"path": "method.r", "values": "4, 8, 16"}] if base.get("method", {}).get("name") == "lora" else [],
+        "strategy": "grid",
+        "vary": [{"path": "method.r", "values": "4, 8, 16"}] if lora else [],
+        # what a search starts from when the strategy is switched: rank × learning rate
+        "space": [
+            *([_space_row("method.r", "int", "2", "16")] if lora else []),
+            _space_row("training.learning_rate", "float", "1e-5", "1e-2", log=True),
+        ],
+        "max_runs": "10",
+        "max_concurrent": "1",
+        "objective_metric": "best_eval_loss",
+        "objective_direction": "minimize",
+        "pruner": "median",
     }
     return templates.TemplateResponse(request, "sweep_new.html", _new_sweep_context(session, values))
 
 
-def _request_from_form(form: dict[str, Any]) -> tuple[dict[str, Any], SweepRequest]:
-    """The form's values (to re-render it) and the SweepRequest they make. Raises SweepInvalid."""
-    vary = []
-    for i in range(VARY_ROWS * 4):
-        path = str(form.get(f"vary-{i}-path", "")).strip()
-        raw = str(form.get(f"vary-{i}-values", "")).strip()
-        if f"vary-{i}-path" not in form and f"vary-{i}-values" not in form:
-            continue
-        vary.append({"path": path, "values": raw})
-    base_text = str(form.get("base", ""))
-    values: dict[str, Any] = {
-        "name": str(form.get("name", "")).strip(),
-        "base": base_text,
-        "rerun": str(form.get("rerun", "")).lower() in {"on", "true", "1"},
-        "vary": vary,
-    }
-    problems = []
-    try:
-        base = json.loads(base_text or "{}")
-        if not isinstance(base, dict):
-            raise ValueError("the base spec must be a JSON object")
-    except ValueError as exc:
-        problems.append({"run_index": None, "run_name": None, "field": "base", "msg": f"not valid JSON: {exc}"})
-        base = {}
-    except RecursionError:  # json.loads of "[[[[…" thousands deep
-        problems.append({"run_index": None, "run_name": None, "field": "base", "msg": sweep_service.TOO_DEEP})
-        base = {}
-    grid: dict[str, list[Any]] = {}
-    for row in vary:
-        if not row["path"] and not row["values"]:
-            continue
-        if not row["path"]:
-            problems.append({"run_index": None, "run_name": None, "field": "vary", "msg": "choose a field to vary"})
-            continue
-        parsed = parse_values(row["values"])
-        if not parsed:
-            problems.append(
-                {"run_index": None, "run_name": None, "field": row["path"], "msg": "give comma-separated values"}
-            )
-            continue
-        if row["path"] in grid:
-            problems.append({"run_index": None, "run_name": None, "field": row["path"], "msg": "is listed twice"})
-        grid[row["path"]] = parsed
-    if problems:
-        raise SweepInvalid(problems)
-    try:
-        request = SweepRequest.model_validate(
-            {"name": values["name"], "base": base, "grid": grid, "rerun": values["rerun"]}
-        )
-    except ValidationError as exc:
-        raise SweepInvalid(
-            [
-                {
-                    "run_index": None,
-                    "run_name": None,
-                    "field": ".".join(str(p) for p in e["loc"]),
-                    "msg": e["msg"],
-                }
-                for e in exc.errors()
-            ]
-        ) from None
-    return values, request
+def _count_context(session: Session, values: dict[str, Any], sweep_request: SweepRequest) -> dict[str, Any]:
+    """The form's context with what the request makes: a grid's runs, or a search's space and budget."""
+    if sweep_request.strategy != "grid":
+        search = sweep_search.describe(sweep_request)
+        return _new_sweep_context(session, values, count=search["count"], search=search)
+    plan = sweep_service.plan_sweep(sweep_request)
+    return _new_sweep_context(session, values, count=len(plan.runs), names=[p.spec.name for p in plan.runs])
 
 
 @page_router.post("/sweeps/new/count", response_class=HTMLResponse)
 async def new_sweep_count(request: Request, session: SessionDep) -> Response:
-    """The live "makes N runs" line under the form (htmx), with every problem an expanded run would have."""
-    form = dict(await request.form())
+    """The live "makes N runs" (or "searches N trials") line under the form (htmx), with every problem the request
+    (or an expanded run) would have."""
+    values = sweep_form.form_values(dict(await request.form()))
     try:
-        values, sweep_request = _request_from_form(form)
-        plan = sweep_service.plan_sweep(sweep_request)
+        context = _count_context(session, values, sweep_form.request_from_values(values))
     except SweepInvalid as exc:
-        context = _new_sweep_context(session, {}, problems=exc.problems)
-        return templates.TemplateResponse(request, "sweep_new.html", context, block_name="count")
-    context = _new_sweep_context(session, values, count=len(plan.runs), names=[p.spec.name for p in plan.runs])
+        context = _new_sweep_context(session, values, problems=exc.problems)
     return templates.TemplateResponse(request, "sweep_new.html", context, block_name="count")
 
 
 @page_router.post("/sweeps", response_class=HTMLResponse)
 async def create_sweep_from_form(request: Request, session: SessionDep) -> Response:
-    form = dict(await request.form())
-    values: dict[str, Any] = {}
+    values = sweep_form.form_values(dict(await request.form()))
     try:
-        values, sweep_request = _request_from_form(form)
+        sweep_request = sweep_form.request_from_values(values)
         # In a thread: storing and checking the runs may wait on a worker; the event loop must not stall.
-        sweep = await run_in_threadpool(sweep_service.create_sweep, session, sweep_request)
+        sweep = await run_in_threadpool(launch, session, sweep_request)
     except SweepInvalid as exc:
         session.rollback()
-        if not values:
-            values = {
-                "name": form.get("name", ""),
-                "base": form.get("base", ""),
-                "vary": [
-                    {"path": form.get(f"vary-{i}-path", ""), "values": form.get(f"vary-{i}-values", "")}
-                    for i in range(VARY_ROWS)
-                ],
-            }
         context = _new_sweep_context(session, values, problems=exc.problems)
         return templates.TemplateResponse(
             request,
