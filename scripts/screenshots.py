@@ -56,7 +56,7 @@ def wait_for_sweeps(url: str, timeout: float) -> list[dict[str, Any]]:
     """The demo sweeps, once none of their runs is queued or running (their pages then show every view)."""
     deadline = time.monotonic() + timeout
     while True:
-        sweeps = httpx.get(f"{url}/api/sweeps", timeout=10).json()["items"]
+        sweeps = httpx.get(f"{url}/api/sweeps", timeout=10).json()
         runs = httpx.get(f"{url}/api/runs", params={"limit": 200}, timeout=10).json()["items"]
         if sweeps and not any(run["status"] in {"queued", "running"} for run in runs):
             return list(sweeps)
@@ -152,7 +152,12 @@ def main(argv: list[str] | None = None) -> None:
         visit(page, f"{url}/sweeps/{ranks['id']}")
         wait_drawn(page)
         page.wait_for_timeout(1000)
-        page.screenshot(path=args.out / "sweep.png", full_page=True)
+        # The views that explain the sweep: parallel coordinates, parameter importance, the objective by trial.
+        page_top = "(el) => el.getBoundingClientRect().top + window.scrollY"
+        top = page.get_by_role("heading", name="Parameters and objective").evaluate(page_top)
+        end = page.get_by_role("heading", name="Runs", exact=True).last.evaluate(page_top)
+        clip = {"x": 0, "y": top - 16, "width": VIEWPORT["width"], "height": end - top}
+        page.screenshot(path=args.out / "sweep.png", full_page=True, clip=clip)
 
         visit(page, f"{url}/compare?sweep_id={methods['id']}")
         wait_drawn(page)
