@@ -20,7 +20,7 @@ from app.services import manage
 from app.services.manage import RunPatch, SweepPatch
 from app.web.deps import RunDep, SessionDep, SweepDep, load_run, load_sweep
 from app.web.formatting import human_bytes
-from app.web.routes.runs import _run_context, _runs_context, runs_query
+from app.web.routes.runs import run_page_context, runs_page_context, runs_query
 from app.web.routes.sweeps import SweepOut, _sweep_context, sweep_out
 from app.web.schemas import RunOut
 from app.web.templating import templates
@@ -193,7 +193,7 @@ def split_tags(raw: str) -> list[str]:
 
 def _labels_block(request: Request, session: Session, run_id: int, code: int = 200, **extra: Any) -> Response:
     run = load_run(session, run_id)
-    context = {**_run_context(session, run), **extra}
+    context = {**run_page_context(session, run), **extra}
     return templates.TemplateResponse(request, "run_detail.html", context, block_name="labels", status_code=code)
 
 
@@ -330,5 +330,5 @@ async def bulk_from_page(request: Request, action: str, session: SessionDep) -> 
     except (manage.Refused, ValueError, run_service.RunNotFound) as exc:
         session.rollback()
         problem = str(exc) if not isinstance(exc, run_service.RunNotFound) else f"runs {exc} do not exist"
-    context = {**_runs_context(session, query), "bulk_message": message, "bulk_problem": problem}
+    context = {**runs_page_context(session, query), "bulk_message": message, "bulk_problem": problem}
     return templates.TemplateResponse(request, "runs_list.html", context, block_name="runs_table")

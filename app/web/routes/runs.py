@@ -111,7 +111,7 @@ def runs_query(
 RunsQueryDep = Annotated[RunsQuery, Depends(runs_query)]
 
 
-def _runs_context(session: Session, query: RunsQuery) -> dict[str, Any]:
+def runs_page_context(session: Session, query: RunsQuery) -> dict[str, Any]:
     """One page of the list (RUNS_PER_PAGE runs, from the indexes and each run's latest-value summary)."""
     try:
         page = run_service.list_runs(
@@ -148,18 +148,21 @@ def _runs_context(session: Session, query: RunsQuery) -> dict[str, Any]:
 
 @page_router.get("/", response_class=HTMLResponse)
 def runs_page(request: Request, session: SessionDep, query: RunsQueryDep) -> Response:
-    return templates.TemplateResponse(request, "runs_list.html", _runs_context(session, query))
+    return templates.TemplateResponse(request, "runs_list.html", runs_page_context(session, query))
 
 
 @page_router.get("/runs/table", response_class=HTMLResponse)
 def runs_table(request: Request, session: SessionDep, query: RunsQueryDep) -> Response:
-    return templates.TemplateResponse(request, "runs_list.html", _runs_context(session, query), block_name="runs_table")
+    return templates.TemplateResponse(
+        request, "runs_list.html", runs_page_context(session, query), block_name="runs_table"
+    )
 
 
-# -- new run ---------------------------------------------------------------------------------------------
+# -- run page ---------------------------------------------------------------------------------------------
 
 
-def _run_context(session: Session, run: Run) -> dict[str, Any]:
+def run_page_context(session: Session, run: Run) -> dict[str, Any]:
+    """What the run page and its blocks render (manage.py renders the same blocks after an edit)."""
     return {
         "run": run,
         "log_lines": run_service.log_tail(session, run.id, 30),
@@ -171,12 +174,12 @@ def _run_context(session: Session, run: Run) -> dict[str, Any]:
 
 @page_router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run: RunDep, session: SessionDep) -> Response:
-    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run))
+    return templates.TemplateResponse(request, "run_detail.html", run_page_context(session, run))
 
 
 @page_router.get("/runs/{run_id}/live", response_class=HTMLResponse)
 def run_live(request: Request, run: RunDep, session: SessionDep) -> Response:
-    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
+    return templates.TemplateResponse(request, "run_detail.html", run_page_context(session, run), block_name="live")
 
 
 @page_router.post("/runs/{run_id}/cancel", response_class=HTMLResponse)
@@ -186,7 +189,7 @@ def cancel_from_page(request: Request, run: RunDep, session: SessionDep) -> Resp
         run = control.cancel(session, run_id)
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
+    return templates.TemplateResponse(request, "run_detail.html", run_page_context(session, run), block_name="live")
 
 
 @page_router.post("/runs/{run_id}/resume", response_class=HTMLResponse)
@@ -197,7 +200,7 @@ def resume_from_page(request: Request, run: RunDep, session: SessionDep) -> Resp
     except run_service.InvalidTransition as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     run = load_run(session, run_id)
-    return templates.TemplateResponse(request, "run_detail.html", _run_context(session, run), block_name="live")
+    return templates.TemplateResponse(request, "run_detail.html", run_page_context(session, run), block_name="live")
 
 
 # -- API ------------------------------------------------------------------------------------------------
