@@ -193,14 +193,14 @@ def test_cursors_that_are_not_ours_are_refused(session: Session) -> None:
 def test_the_runs_pages_next_link_follows_the_cursor(session: Session) -> None:
     from urllib.parse import parse_qs, urlsplit
 
-    from app.web.routes.runs import RUNS_PER_PAGE, RunsQuery, _runs_context
+    from app.web.routes.runs import RUNS_PER_PAGE, RunsQuery, runs_page_context
 
     runs = many_runs(session, 2 * RUNS_PER_PAGE + 30)
     order = expected_order([r for r in runs if not r.archived], "status")
     query = RunsQuery(status=None, method=None, name=None, sort="status", page=1)
     seen: list[int] = []
     for number in (1, 2, 3):
-        context = _runs_context(session, query)
+        context = runs_page_context(session, query)
         seen += [r.id for r in context["runs"]]
         assert context["query"].page == number and context["pages"] == 3
         if number == 3:
