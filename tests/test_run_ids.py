@@ -1,6 +1,7 @@
 """A deleted run's id is never given to a later run (SQLite reused the highest one: migration 0011 adds
-AUTOINCREMENT), and nothing keyed by a run's id outlives its delete (its metric rollups went stale: a later run
-with the same id, cancelled while queued, showed the deleted run's curves in comparisons)."""
+AUTOINCREMENT; 0013 does the same for sweeps), and nothing keyed by a run's id outlives its delete (its metric
+rollups went stale: a later run with the same id, cancelled while queued, showed the deleted run's curves in
+comparisons)."""
 
 from __future__ import annotations
 
@@ -162,3 +163,56 @@ def test_the_workers_model_cache_tells_runs_apart_by_more_than_their_folder(tmp_
     deleted, later = source("2@2026-12-01T10:00:00"), source("2@2026-12-02T10:00:00")
     assert deleted.cache_key() != later.cache_key()
     assert deleted.cache_key() == source("2@2026-12-01T10:00:00").cache_key()
+
+
+def test_migration_0013_keeps_sweep_members_and_stops_sweep_id_reuse(engine: Engine) -> None:
+    """Dropping the old sweeps table cascades to sweep_runs and clears runs.sweep_id: both come back."""
+    from alembic import command
+
+    migrate = _migrator(engine)
+    migrate(command.upgrade, "0012_runs_list_scale")
+
+    def snapshot() -> dict[str, Any]:
+        with engine.connect() as connection:
+            sql = connection.exec_driver_sql
+            return {
+                "members": sql("SELECT sweep_id, run_id, position FROM sweep_runs ORDER BY 1, 2").all(),
+                "run_sweeps": sql("SELECT id, sweep_id FROM runs ORDER BY id").all(),
+                "columns": [tuple(row[1:]) for row in sql("PRAGMA table_info(sweeps)")],
+                "indexes": sorted(row[1] for row in sql("PRAGMA index_list(sweeps)")),
+                "sql": sql("SELECT sql FROM sqlite_master WHERE name = 'sweeps'").scalar_one(),
+            }
+
+    def insert_sweep(connection: Any, sweep_id: int | None) -> int:
+        columns = "name, request, varied, created_at, trials_asked"
+        values = "'s', '{}', '[]', '2026-01-01', 0"
+        if sweep_id is not None:
+            columns, values = f"id, {columns}", f"{sweep_id}, {values}"
+        return connection.exec_driver_sql(f"INSERT INTO sweeps ({columns}) VALUES ({values}) RETURNING id").scalar()
+
+    with engine.begin() as connection:
+        for sweep_id in (1, 2):
+            insert_sweep(connection, sweep_id)
+        for run_id, sweep_id in ((1, 1), (2, 2), (3, None)):
+            _insert_run(connection, run_id)
+            connection.execute(text("UPDATE runs SET sweep_id = :s WHERE id = :r"), {"s": sweep_id, "r": run_id})
+        connection.exec_driver_sql(
+            "INSERT INTO sweep_runs (sweep_id, run_id, position, reused) VALUES (1, 1, 0, 0), (2, 2, 0, 0), (2, 1, 1, 1)"
+        )
+    before = snapshot()
+    assert "AUTOINCREMENT" not in before["sql"]
+    migrate(command.upgrade, "0013_sweep_ids_never_reused")
+    after = snapshot()
+    assert "AUTOINCREMENT" in after["sql"]
+    assert {key: after[key] for key in ("members", "run_sweeps", "columns", "indexes")} == {
+        key: before[key] for key in ("members", "run_sweeps", "columns", "indexes")
+    }
+    assert after["run_sweeps"] == [(1, 1), (2, 2), (3, None)]
+    with engine.begin() as connection:
+        assert connection.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+        connection.exec_driver_sql("DELETE FROM sweeps WHERE id = 2")  # the newest
+        assert insert_sweep(connection, None) == 3  # before: 2 again
+    migrate(command.downgrade, "0012_runs_list_scale")
+    back = snapshot()
+    assert "AUTOINCREMENT" not in back["sql"] and back["columns"] == before["columns"]
+    assert back["members"] == [(1, 1, 0)] and back["run_sweeps"] == [(1, 1), (2, None), (3, None)]
