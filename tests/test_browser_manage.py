@@ -50,6 +50,7 @@ def test_sweep_page_edits_labels_in_place_and_archives(
     page.click("#sweep-labels-save")
     page.locator("#sweep-labels-edit").wait_for()
     assert page.locator("#sweep-tags a.tag").all_inner_texts() == ["sw-a", "sw-b"]
+    assert page.locator("h1 #sweep-name").inner_text() == "browser-sweep renamed"  # the heading too, no reload
     assert page.locator("#sweep-notes").inner_text() == "<i>not italic</i> & kept"
     assert page.locator("#sweep-notes i").count() == 0
     assert page.locator("#sweep-live tbody tr").count() == 2  # the rest of the page is untouched
@@ -98,6 +99,7 @@ def test_edit_in_place_bulk_tag_archive_and_delete(
     page.click("#labels-save")
     page.locator("#labels-edit").wait_for()
     assert page.locator("#run-tags a.tag").all_inner_texts() == ["web-a", "web-b"]
+    assert page.locator("h1 #run-name").inner_text() == "browser-manage-renamed"
     assert page.locator("#run-notes").inner_text() == "<b>not bold</b>"
     assert page.locator("#run-notes b").count() == 0
 

@@ -226,7 +226,7 @@ async def save_labels(request: Request, run: RunDep, session: SessionDep) -> Res
         session.rollback()
         errors = _label_errors(exc)
         return _labels_block(request, session, run.id, 422, editing=True, label_values=values, label_errors=errors)
-    return _labels_block(request, session, run.id)
+    return _labels_block(request, session, run.id, renamed=True)  # the heading's name too (out of band)
 
 
 @page_router.post("/runs/{run_id:int}/archive", response_class=HTMLResponse)
@@ -267,7 +267,7 @@ async def save_sweep_labels(request: Request, sweep: SweepDep, session: SessionD
         return _sweep_labels_block(
             request, session, sweep.id, 422, editing=True, label_values=values, label_errors=errors
         )
-    return _sweep_labels_block(request, session, sweep.id)
+    return _sweep_labels_block(request, session, sweep.id, renamed=True)
 
 
 @page_router.post("/sweeps/{sweep_id:int}/archive", response_class=HTMLResponse)
