@@ -193,6 +193,15 @@ def test_views_render_and_brushing_filters_the_table(grid: tuple[Stack, list[int
     assert not errors
     page.wait_for_selector("#compare[data-views-drawn=true]")
     assert page.locator("#cmp-parallel-svg polyline").count() == len(ids)
+    outside = page.evaluate(
+        """() => {
+          const svg = document.getElementById("cmp-parallel-svg"), width = svg.width.baseVal.value;
+          return [...svg.querySelectorAll("g.axis text")]
+            .filter((t) => { const b = t.getBBox(); return b.x < 0 || b.x + b.width > width; })
+            .map((t) => t.textContent);
+        }"""
+    )
+    assert outside == []  # axis titles and ticks inside the drawing (the objective's title was cut at the right)
     assert page.locator("#cmp-importance-table tr").first.get_attribute("data-param") == "method.r"
     assert page.locator("#cmp-runs-table tbody tr:not([hidden])").count() == len(ids)
     trials = page.locator(f"#cmp-trials-chart[data-drawn=true][data-points='{len(ids)}']")

@@ -124,12 +124,15 @@
       const s = scales[i], x = xOf(i);
       const g = node("g", { class: "axis", "data-axis": axis.key });
       g.append(node("line", { x1: x, x2: x, y1: s.top, y2: s.bottom, stroke: "#374151" }));
-      const title = node("text", { x, y: 14, "text-anchor": "middle", "font-size": 12, "font-weight": axis.kind === "metric" ? "bold" : "normal" });
+      // the outer axes' titles and the last axis's ticks grow inwards: centred, they were cut off at the edges
+      const first = i === 0, last = i === axes.length - 1 && i > 0;
+      const anchor = first ? "start" : last ? "end" : "middle";
+      const title = node("text", { x: first ? x - 8 : last ? x + 8 : x, y: 14, "text-anchor": anchor, "font-size": 12, "font-weight": axis.kind === "metric" ? "bold" : "normal" });
       title.textContent = axis.kind === "metric" ? `${axis.label} (${axis.lower_is_better ? "lower" : "higher"} is better)` : axis.label;
       g.append(title);
       const ticks = axis.type === "category" ? axis.categories : axis.min == null ? [] : [axis.min, axis.max];
       for (const t of ticks) {
-        const label = node("text", { x: x + 4, y: s.pos(t) + 4, "font-size": 10, fill: "#4b5563" });
+        const label = node("text", { x: last ? x - 4 : x + 4, y: s.pos(t) + 4, "font-size": 10, fill: "#4b5563", "text-anchor": last ? "end" : "start" });
         label.textContent = axis.type === "category" ? t : ctx.formatNumber(t);
         g.append(label);
       }
