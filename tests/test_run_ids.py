@@ -197,7 +197,8 @@ def test_migration_0013_keeps_sweep_members_and_stops_sweep_id_reuse(engine: Eng
             _insert_run(connection, run_id)
             connection.execute(text("UPDATE runs SET sweep_id = :s WHERE id = :r"), {"s": sweep_id, "r": run_id})
         connection.exec_driver_sql(
-            "INSERT INTO sweep_runs (sweep_id, run_id, position, reused) VALUES (1, 1, 0, 0), (2, 2, 0, 0), (2, 1, 1, 1)"
+            "INSERT INTO sweep_runs (sweep_id, run_id, position, reused) "
+            "VALUES (1, 1, 0, 0), (2, 2, 0, 0), (2, 1, 1, 1)"
         )
     before = snapshot()
     assert "AUTOINCREMENT" not in before["sql"]

@@ -310,6 +310,21 @@ def test_comparison_page_draws_charts_and_sorts(sqlite_stack: Stack, finished_sw
     page.wait_for_selector("#compare[data-ready=true]")
     assert page.locator("#cmp-runs-table tbody tr").count() == 2
     assert page.locator("#cmp-diff-table tr[data-field='method.r']").count() == 1
+    # A typed prompt goes through both runs: its row comes first, "…" until each run has answered.
+    page.fill("#cmp-try-prompt", "Name a colour.")
+    page.press("#cmp-try-prompt", "Enter")
+    typed = page.locator("#cmp-generations-table tbody tr.typed")
+    typed.wait_for()
+    assert typed.locator("td.prompt").inner_text() == "Name a colour."
+    page.wait_for_function(
+        "[...document.querySelectorAll('#cmp-generations-table tr.typed td')].slice(2)"
+        ".every((td) => td.textContent !== '…')",
+        timeout=120_000,
+    )
+    answers = typed.locator("td").all_inner_texts()[2:]
+    errors = [a for a in answers if a.startswith("(") and a.endswith(")") and a != "(empty answer)"]
+    assert len(answers) == 2 and not errors, answers
+    assert page.locator("#cmp-generations-table tbody tr").count() == SAMPLES + 1
 
     # The new-sweep form counts the runs it makes as the values are typed.
     page.goto(f"{sqlite_stack.base_url}/sweeps/new?base_run={ids[0]}")

@@ -222,7 +222,7 @@ class Sweep(Base):
     """A set of runs launched together from a base spec and a grid (or a list) of overrides."""
 
     __tablename__ = "sweeps"
-    __table_args__ = {"sqlite_autoincrement": True}  # a deleted sweep's id is never given to a later one
+    __table_args__ = ({"sqlite_autoincrement": True},)  # a deleted sweep's id is never given to a later one
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
