@@ -94,6 +94,7 @@ BAD = [
     ("grid with a range", {"strategy": "grid"}, "space.method.r", "random or tpe"),
     ("concurrency above budget", {"budget": {"max_runs": 2, "max_concurrent": 3}}, "budget", "max_runs"),
     ("unknown pruner", {"pruner": "asha"}, "pruner", ""),
+    ("no device-hours", {"budget": {"max_runs": 2, "gpu_hours": 0}}, "budget.gpu_hours", "greater than 0"),
     ("grid and tpe", {"grid": {"method.r": [2, 4]}}, "grid", "put the values in space"),
     (
         "method parameters outside the sub-space",
@@ -243,3 +244,20 @@ def test_random_sweep_with_hyperband_pruner_end_to_end(search_stack: Stack, tiny
         page = client.get(f"/sweeps/{sweep['id']}").text
         assert page.count('class="pruner-rungs"') == TRIALS
         assert "hyperband rung" in page or "stopped at the last" in page
+
+
+def test_a_spent_device_hours_budget_asks_for_no_more_trials(search_stack: Stack, tiny_assets: Any) -> None:
+    """budget.gpu_hours 0.0001 (0.36 s) is spent by the first trial (8 steps of at least 0.4 s): no second trial is
+    asked, and the sweep ends with one of its four, saying why."""
+    budget = {"max_runs": TRIALS, "max_concurrent": 1, "gpu_hours": 0.0001}
+    body = _body(tiny_assets, name="device-hours budget", strategy="random", pruner=None, budget=budget, seed=5)
+    with search_stack.client() as client:
+        preview = client.post("/api/sweeps/preview", json=body).json()
+        assert preview["budget"] == budget
+        created = client.post("/api/sweeps", json=body)
+        assert created.status_code == 201, created.text
+        sweep = _wait_sweep(client, created.json()["id"])
+        assert (sweep["total"], sweep["state"], sweep["max_runs"]) == (1, "succeeded", TRIALS), sweep
+        assert sweep["gpu_hours"] == 0.0001 and sweep["device_hours"] >= 8 * 0.4 / 3600
+        page = client.get(f"/sweeps/{sweep['id']}").text
+        assert 'id="device-hours"' in page and "spent, no more trials" in page

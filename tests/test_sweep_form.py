@@ -69,6 +69,8 @@ def test_the_form_offers_the_search_fields(sqlite_stack: Stack) -> None:
         page = client.get("/sweeps/new").text
     for name in ("strategy", "space-0-path", "space-0-type", "space-0-log", "max_runs", "max_concurrent"):
         assert f'name="{name}"' in page, name
+    for name in ("gpu_hours",):
+        assert f'name="{name}"' in page, name
     for name in ("objective_metric", "objective_direction", "pruner"):
         assert f'name="{name}"' in page, name
     assert '<option value="tpe"' in page and '<option value="hyperband"' in page
@@ -91,6 +93,7 @@ BAD = [
     ("a log range from zero", {"space-1-low": "0"}, "space-1", "low &gt; 0"),
     ("an unknown metric", {"objective_metric": "accuracy"}, "objective", "best_eval_loss"),
     ("more at once than in all", {"max_concurrent": "5"}, "budget", "above max_runs"),
+    ("no device-hours", {"gpu_hours": "0"}, "budget", "greater than 0"),
     ("an unknown pruner", {"pruner": "asha"}, "pruner", "median"),
     ("a pruner on a maximised loss", {"objective_direction": "maximize"}, "pruner", "minimize"),
     ("a spec value out of bounds", {"space-0-low": "0"}, "space-0", ""),

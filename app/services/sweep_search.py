@@ -196,7 +196,7 @@ def describe(request: SweepRequest) -> dict[str, Any]:
         "varied": plan.varied,
         "strategy": request.strategy,
         "space": space,
-        "budget": budget.model_dump(),
+        "budget": budget.model_dump(exclude_none=True),
         "objective": request.objective.model_dump(),
         "pruner": pruner.model_dump() if (pruner := request.pruner_spec()) else None,
     }

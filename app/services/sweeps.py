@@ -32,7 +32,7 @@ from tunedeck_state.models import Run, RunStatus, Sweep, SweepRun
 from tunedeck_state.search.pruning import steps_saved
 from tunedeck_state.search.space import OBJECTIVE_METRICS, Budget, Objective, PrunerSpec, parse_pruner
 from tunedeck_state.search.study import read_config
-from tunedeck_state.search.trials import is_search, stop_asking
+from tunedeck_state.search.trials import device_hours, is_search, stop_asking
 from tunedeck_state.source_checks import SpecRefused, check_sources
 
 MAX_RUNS = 256
@@ -104,7 +104,9 @@ class SweepRequest(StrictModel):
         default_factory=lambda: Objective(),
         description=f"What the search optimises: metric ({', '.join(OBJECTIVE_METRICS)}) and direction.",
     )
-    budget: Budget | None = Field(None, description="random / tpe: max_runs in all, max_concurrent at once.")
+    budget: Budget | None = Field(
+        None, description="random / tpe: max_runs in all, max_concurrent at once, optionally gpu_hours in all."
+    )
     pruner: Literal["median", "hyperband"] | PrunerSpec | None = Field(
         None,
         description="Early stopping on the eval loss runs report: median (stop a run whose best eval loss is worse "
@@ -405,6 +407,10 @@ class SweepSummary:
     max_runs: int | None = None
     #: GPU-steps the pruned runs did not train.
     steps_saved: int = 0
+    #: Hours the sweep's runs held their devices (tunedeck_state.search.trials.device_hours).
+    device_hours: float = 0.0
+    #: random / tpe: the budget's device-hours (no trial is asked once they are spent); None: no such limit.
+    gpu_hours: float | None = None
 
 
 def summarize(sweep: Sweep) -> SweepSummary:
@@ -432,4 +438,6 @@ def summarize(sweep: Sweep) -> SweepSummary:
         progress=(done / steps) if steps else 0.0,
         max_runs=budget.max_runs if budget else None,
         steps_saved=steps_saved(runs),
+        device_hours=device_hours(runs),
+        gpu_hours=budget.gpu_hours if budget else None,
     )

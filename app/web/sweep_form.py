@@ -92,6 +92,7 @@ def form_values(form: Mapping[str, Any]) -> dict[str, Any]:
         "space": space,
         "max_runs": str(form.get("max_runs", "")).strip(),
         "max_concurrent": str(form.get("max_concurrent", "")).strip(),
+        "gpu_hours": str(form.get("gpu_hours", "")).strip(),
         "objective_metric": str(form.get("objective_metric", "best_eval_loss")),
         "objective_direction": str(form.get("objective_direction", "minimize")),
         "pruner": str(form.get("pruner", "")),
@@ -161,7 +162,7 @@ def _space(rows: Sequence[Mapping[str, str]], problems: list[dict[str, Any]]) ->
 
 
 def _search_fields(values: Mapping[str, Any], problems: list[dict[str, Any]]) -> dict[str, Any]:
-    budget = {k: _number(values[k]) for k in ("max_runs", "max_concurrent") if values[k]}
+    budget = {k: _number(values[k]) for k in ("max_runs", "max_concurrent", "gpu_hours") if values.get(k)}
     fields: dict[str, Any] = {
         "space": _space(values["space"], problems),
         "objective": {"metric": values["objective_metric"], "direction": values["objective_direction"]},

@@ -73,6 +73,13 @@ class Objective(StrictModel):
 class Budget(StrictModel):
     max_runs: int = Field(10, ge=1, le=MAX_TRIALS, description="Trials to run in all (pruned ones count).")
     max_concurrent: int = Field(1, ge=1, le=MAX_TRIALS, description="Trials queued or running at once.")
+    gpu_hours: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="Ask for no more trials once the trials' device time adds up to this many hours (each run "
+        "holds one GPU, or a CPU worker, from its claim to its end); trials in flight finish.",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> Budget:

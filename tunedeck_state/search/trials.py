@@ -12,6 +12,8 @@ asks again with fresh counts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -39,6 +41,22 @@ def is_search(sweep: Sweep) -> bool:
     return (sweep.strategy or "grid") != "grid"
 
 
+def device_hours(runs: Iterable[Run], now: datetime | None = None) -> float:
+    """Hours the runs held their devices: each from its (last) claim to its end, or until now while it runs."""
+    now = now or datetime.now(UTC)
+    seconds = 0.0
+    for run in runs:
+        if run.started_at is None or run.status == RunStatus.queued.value:
+            continue
+        end = run.finished_at if run.finished_at is not None else now
+        seconds += max(0.0, (_aware(end) - _aware(run.started_at)).total_seconds())
+    return seconds / 3600
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def trial_name(sweep_name: str, number: int, changes: dict[str, Any]) -> str:
     parts = [f"#{number}"]
     if METHOD_NAME in changes:
@@ -62,6 +80,10 @@ def launch_trials(session: Session, sweep_id: int) -> list[Run]:
     asked = sweep.trials_asked or 0
     free = min(config.budget.max_concurrent - active, config.budget.max_runs - asked)
     if free <= 0:
+        return []
+    if config.budget.gpu_hours is not None and device_hours(m.run for m in members) >= config.budget.gpu_hours:
+        # the device-hours are spent: no trial is asked again (the sweep ends when its runs in flight end)
+        _close_budget(session, sweep, asked, config.budget.max_runs)
         return []
     reserved = session.execute(
         update(Sweep)
@@ -101,6 +123,18 @@ def launch_trials(session: Session, sweep_id: int) -> list[Run]:
         launched.append(run)
     session.flush()
     return launched
+
+
+def _close_budget(session: Session, sweep: Sweep, asked: int, max_runs: int) -> None:
+    closed = session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep.id, Sweep.trials_asked == asked)
+        .values(trials_asked=max_runs)
+        .execution_options(synchronize_session=False)
+    )
+    if closed.rowcount != 1:  # type: ignore[attr-defined]
+        raise AskConflict(f"sweep {sweep.id}: trials reserved by another asker")
+    log.info("sweep %s: its device-hours budget is spent, no more trials", sweep.id)
 
 
 def stop_asking(session: Session, sweep: Sweep) -> None:

@@ -70,6 +70,9 @@ class SweepOut(BaseModel):
     strategy: str
     max_runs: int | None
     steps_saved: int
+    #: hours the runs held their devices, and the budget's limit on them (random / tpe; None: no limit)
+    device_hours: float = 0.0
+    gpu_hours: float | None = None
     tags: list[str] = []
     notes: str | None = None
     archived: bool = False
@@ -126,6 +129,8 @@ def sweep_out(sweep: Sweep) -> dict[str, Any]:
         "strategy": sweep.strategy or "grid",
         "max_runs": summary.max_runs,
         "steps_saved": summary.steps_saved,
+        "device_hours": summary.device_hours,
+        "gpu_hours": summary.gpu_hours,
         "tags": sweep.tags or [],
         "notes": sweep.notes,
         "archived": bool(sweep.archived),
