@@ -217,3 +217,67 @@ def test_migration_0013_keeps_sweep_members_and_stops_sweep_id_reuse(engine: Eng
     back = snapshot()
     assert "AUTOINCREMENT" not in back["sql"] and back["columns"] == before["columns"]
     assert back["members"] == [(1, 1, 0)] and back["run_sweeps"] == [(1, 1), (2, None), (3, None)]
+
+
+def test_device_seconds_add_up_over_attempts(engine: Engine) -> None:
+    """A run's device time is every attempt's, claim to end: a resumed run keeps the first attempt's (what a
+    search sweep's budget.gpu_hours adds up); started_at alone tells only the last one."""
+    from datetime import timedelta
+
+    from alembic import command
+
+    from tunedeck_state.lifecycle import resume_run
+    from tunedeck_state.search.trials import device_hours
+
+    _migrator(engine)(command.upgrade, "head")
+
+    def started_ago(session: Session, run_id: int, seconds: float) -> None:
+        session.execute(
+            text("UPDATE runs SET started_at = :t WHERE id = :id"),
+            {"t": (run_service.utcnow() - timedelta(seconds=seconds)).replace(tzinfo=None), "id": run_id},
+        )
+
+    with Session(engine, expire_on_commit=False) as session:
+        run = run_service.create_run(session, RunSpec.model_validate({"name": "twice"}))
+        session.commit()
+        assert run_service.claim_run(session, run.id, 1, "training@test")
+        started_ago(session, run.id, 100)
+        cancelled = run_service.RunOutcome(status=run_service.RunStatus.cancelled)
+        assert run_service.finish_run(session, run.id, cancelled, 1)
+        session.commit()
+        first = run_service.get_run(session, run.id)
+        session.refresh(first)
+        assert 100 <= first.device_seconds < 110
+
+        resume_run(session, run.id)
+        session.commit()
+        assert run_service.claim_run(session, run.id, 2, "training@test")
+        started_ago(session, run.id, 50)
+        session.commit()
+        running = run_service.get_run(session, run.id)
+        session.refresh(running)
+        assert 150 <= device_hours([running]) * 3600 < 165  # ended attempts plus the running one's so far
+        outcome = run_service.RunOutcome(status=run_service.RunStatus.succeeded, final_train_loss=1.0)
+        assert run_service.finish_run(session, run.id, outcome, 2)
+        session.commit()
+        session.refresh(running)
+        assert 150 <= running.device_seconds < 165 and 150 <= device_hours([running]) * 3600 < 165
+
+
+def test_migration_0014_gives_ended_runs_their_last_attempts_time(engine: Engine) -> None:
+    from alembic import command
+
+    migrate = _migrator(engine)
+    migrate(command.upgrade, "0013_sweep_ids_never_reused")
+    with engine.begin() as connection:
+        for run_id in (1, 2):
+            _insert_run(connection, run_id)
+        connection.exec_driver_sql(
+            "UPDATE runs SET started_at = '2026-01-01 10:00:00.000000', finished_at = '2026-01-01 10:00:30.500000' "
+            "WHERE id = 1"
+        )
+    migrate(command.upgrade, "0014_run_device_seconds")
+    with engine.connect() as connection:
+        held = dict(connection.exec_driver_sql("SELECT id, device_seconds FROM runs").all())
+    assert held[1] == pytest.approx(30.5, abs=0.01) and held[2] == 0
+    migrate(command.downgrade, "0013_sweep_ids_never_reused")

@@ -92,6 +92,8 @@ class Run(Base):
     final_train_loss: Mapped[float | None] = mapped_column(Float)
     final_eval_loss: Mapped[float | None] = mapped_column(Float)
     wall_time_seconds: Mapped[float | None] = mapped_column(Float)
+    #: Seconds the run held its device, over all its attempts (claim to end of each; migration 0014).
+    device_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     artifact_dir: Mapped[str | None] = mapped_column(String(1000))
     #: Facts the worker learned while training: resolved peft config, device, dataset sizes, ...
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -82,12 +82,15 @@ def _transition(
     conditions = [Run.id == run_id, Run.status.in_([s.value for s in expected]), *where]
     if attempt is not None:
         conditions.append(Run.attempt == attempt)
-    current = session.scalar(select(Run.status).where(Run.id == run_id))
+    before = session.execute(select(Run.status, Run.started_at).where(Run.id == run_id)).one_or_none()
+    current = before.status if before else None
+    values = dict(values or {})
+    if current == RunStatus.running.value and to is not RunStatus.running and before and before.started_at:
+        # the attempt gives its device back: add its time (a resumed run keeps its earlier attempts')
+        held = (_aware(values.get("finished_at") or utcnow()) - _aware(before.started_at)).total_seconds()
+        values["device_seconds"] = Run.device_seconds + max(0.0, held)
     result = session.execute(
-        update(Run)
-        .where(*conditions)
-        .values(status=to.value, **(values or {}))
-        .execution_options(synchronize_session=False)
+        update(Run).where(*conditions).values(status=to.value, **values).execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False

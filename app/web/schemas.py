@@ -46,6 +46,8 @@ class RunOut(BaseModel):
     final_train_loss: float | None
     final_eval_loss: float | None
     wall_time_seconds: float | None
+    #: seconds the run held its device, over all its attempts
+    device_seconds: float = 0.0
     artifact_dir: str | None
     latest_metrics: dict[str, Any]
     details: dict[str, Any]

@@ -78,7 +78,7 @@ class Budget(StrictModel):
         gt=0,
         le=1_000_000,
         description="Ask for no more trials once the trials' device time adds up to this many hours (each run "
-        "holds one GPU, or a CPU worker, from its claim to its end); trials in flight finish.",
+        "holds one GPU, or a CPU worker, from each attempt's claim to its end); trials in flight finish.",
     )
 
     @model_validator(mode="after")

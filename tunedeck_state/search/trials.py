@@ -42,14 +42,13 @@ def is_search(sweep: Sweep) -> bool:
 
 
 def device_hours(runs: Iterable[Run], now: datetime | None = None) -> float:
-    """Hours the runs held their devices: each from its (last) claim to its end, or until now while it runs."""
+    """Hours the runs held their devices: every ended attempt's (runs.device_seconds), and a running one's so far."""
     now = now or datetime.now(UTC)
     seconds = 0.0
     for run in runs:
-        if run.started_at is None or run.status == RunStatus.queued.value:
-            continue
-        end = run.finished_at if run.finished_at is not None else now
-        seconds += max(0.0, (_aware(end) - _aware(run.started_at)).total_seconds())
+        seconds += run.device_seconds or 0.0
+        if run.status == RunStatus.running.value and run.started_at is not None:
+            seconds += max(0.0, (now - _aware(run.started_at)).total_seconds())
     return seconds / 3600
 
 
