@@ -36,6 +36,7 @@ def test_sweep_page_edits_labels_in_place_and_archives(
         assert created.status_code == 201, created.text
         sweep_id = created.json()["id"]
         assert all(r["reused"] for r in created.json()["runs"])  # nothing trains: both runs exist
+        assert created.json()["device_hours"] == 0  # their device time is their own sweep's (none), not this one's
     page.goto(f"{base}/sweeps/{sweep_id}")
     assert page.locator("#sweep-tags").inner_text() == "no tags"
     page.click("#sweep-labels-edit")

@@ -407,7 +407,7 @@ class SweepSummary:
     max_runs: int | None = None
     #: GPU-steps the pruned runs did not train.
     steps_saved: int = 0
-    #: Hours the sweep's runs held their devices (tunedeck_state.search.trials.device_hours).
+    #: Hours the runs the sweep launched held their devices (tunedeck_state.search.trials.device_hours).
     device_hours: float = 0.0
     #: random / tpe: the budget's device-hours (no trial is asked once they are spent); None: no such limit.
     gpu_hours: float | None = None
@@ -438,6 +438,6 @@ def summarize(sweep: Sweep) -> SweepSummary:
         progress=(done / steps) if steps else 0.0,
         max_runs=budget.max_runs if budget else None,
         steps_saved=steps_saved(runs),
-        device_hours=device_hours(runs),
+        device_hours=device_hours(run for run in runs if run.sweep_id == sweep.id),  # not the runs it reused
         gpu_hours=budget.gpu_hours if budget else None,
     )
