@@ -22,14 +22,13 @@ import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
 
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from tunedeck_state.db import session_scope
-from tunedeck_state.models import Run, RunStatus
+from tunedeck_state.models import Run, RunStatus, as_utc
 from tunedeck_state.paths import run_dir
 from tunedeck_state.settings import Settings
 
@@ -139,7 +138,7 @@ def _stamp(run: Run) -> str:
     """Tells a deleted run from a later one given the same id (SQLite reuses the highest deleted id)."""
     if run.created_at is None:
         return "0"
-    created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=UTC)
+    created = as_utc(run.created_at)
     return str(int(created.timestamp() * 1_000_000))
 
 

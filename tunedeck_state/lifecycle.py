@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from runspec import RunSpec
 from tunedeck_state import runs as run_service
-from tunedeck_state.models import Run, RunEvent, RunStatus, utcnow
+from tunedeck_state.models import Run, RunEvent, RunStatus, as_utc, utcnow
 from tunedeck_state.runs import InvalidTransition, _transition
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def reap_lost_runs(session: Session, timeout_seconds: float) -> list[Attempt]:
     ).all()
     retries = []
     for run_id, attempt, heartbeat_at in stale:
-        silent = f"{(now - run_service._aware(heartbeat_at)).total_seconds():.0f} s" if heartbeat_at else "ever"
+        silent = f"{(now - as_utc(heartbeat_at)).total_seconds():.0f} s" if heartbeat_at else "ever"
         reason = (
             f"{WORKER_LOST}: no heartbeat for {silent} (TUNEDECK_HEARTBEAT_TIMEOUT_SECONDS={timeout_seconds:g}); "
             "the worker process was killed, crashed or lost its connection to the database"

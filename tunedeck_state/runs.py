@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Connection, insert, select, update
 from sqlalchemy.orm import Session
 
 from runspec import RunSpec
-from tunedeck_state.models import Metric, Run, RunEvent, RunLog, RunStatus, utcnow
+from tunedeck_state.models import Metric, Run, RunEvent, RunLog, RunStatus, as_utc, utcnow
 from tunedeck_state.rollups import write_rollups
 from tunedeck_state.run_lists import (  # noqa: F401 (the run service's list, as callers import it)
     CURSOR_MAX_CHARS,
@@ -87,7 +87,7 @@ def _transition(
     values = dict(values or {})
     if current == RunStatus.running.value and to is not RunStatus.running and before and before.started_at:
         # the attempt gives its device back: add its time (a resumed run keeps its earlier attempts')
-        held = (_aware(values.get("finished_at") or utcnow()) - _aware(before.started_at)).total_seconds()
+        held = (as_utc(values.get("finished_at") or utcnow()) - as_utc(before.started_at)).total_seconds()
         values["device_seconds"] = Run.device_seconds + max(0.0, held)
     result = session.execute(
         update(Run).where(*conditions).values(status=to.value, **values).execution_options(synchronize_session=False)
@@ -184,7 +184,7 @@ def record_progress(session: Session, run_id: int, update_: ProgressUpdate, atte
     # Steps of this attempt only: a resumed attempt started at its checkpoint's step.
     done = run.step - int((run.details or {}).get("resumed_from_step") or 0)
     if run.started_at is not None and done > 0 and run.max_steps:
-        elapsed = (now - _aware(run.started_at)).total_seconds()
+        elapsed = (now - as_utc(run.started_at)).total_seconds()
         run.eta_seconds = max(0.0, elapsed / done * (run.max_steps - run.step))
     run.heartbeat_at = now
     if update_.metrics:
@@ -345,9 +345,3 @@ def metric_series(
 def log_tail(session: Session, run_id: int, lines: int = 30) -> list[RunLog]:
     rows = session.scalars(select(RunLog).where(RunLog.run_id == run_id).order_by(RunLog.id.desc()).limit(lines)).all()
     return list(reversed(rows))
-
-
-def _aware(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

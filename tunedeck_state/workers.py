@@ -8,13 +8,13 @@ and forgotten after a week. A worker that stops cleanly removes its row.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from tunedeck_state.models import Run, RunStatus, WorkerHeartbeat, utcnow
+from tunedeck_state.models import Run, RunStatus, WorkerHeartbeat, as_utc, utcnow
 
 STALE_AFTER_BEATS = 3
 FORGET_LOST_AFTER = timedelta(days=7)
@@ -85,7 +85,7 @@ def all_workers(session: Session) -> Sequence[WorkerHeartbeat]:
 
 
 def is_live(worker: WorkerHeartbeat, interval_seconds: float) -> bool:
-    seen = worker.last_seen if worker.last_seen.tzinfo else worker.last_seen.replace(tzinfo=UTC)
+    seen = as_utc(worker.last_seen)
     return seen >= stale_cutoff(interval_seconds)
 
 
@@ -108,8 +108,8 @@ def describe(session: Session, interval_seconds: float) -> list[dict[str, Any]]:
     views = []
     for row in all_workers(session):
         details = row.details or {}
-        seen = row.last_seen if row.last_seen.tzinfo else row.last_seen.replace(tzinfo=UTC)
-        started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=UTC)
+        seen = as_utc(row.last_seen)
+        started = as_utc(row.started_at)
         live = is_live(row, interval_seconds)
         views.append(
             {

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from runspec import RunSpec
 from runspec.spec_paths import METHOD_NAME, apply_changes, format_value, short_label
 from tunedeck_state import runs as run_service
-from tunedeck_state.models import Run, RunStatus, Sweep, SweepRun
+from tunedeck_state.models import Run, RunStatus, Sweep, SweepRun, as_utc
 from tunedeck_state.search.space import sample
 from tunedeck_state.search.study import build_study, load_members, read_config
 
@@ -48,12 +48,8 @@ def device_hours(runs: Iterable[Run], now: datetime | None = None) -> float:
     for run in runs:
         seconds += run.device_seconds or 0.0
         if run.status == RunStatus.running.value and run.started_at is not None:
-            seconds += max(0.0, (now - _aware(run.started_at)).total_seconds())
+            seconds += max(0.0, (now - as_utc(run.started_at)).total_seconds())
     return seconds / 3600
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def trial_name(sweep_name: str, number: int, changes: dict[str, Any]) -> str:
@@ -81,17 +77,11 @@ def launch_trials(session: Session, sweep_id: int) -> list[Run]:
     if free <= 0:
         return []
     if config.budget.gpu_hours is not None and device_hours(m.run for m in members) >= config.budget.gpu_hours:
-        # the device-hours are spent: no trial is asked again (the sweep ends when its runs in flight end)
-        _close_budget(session, sweep, asked, config.budget.max_runs)
+        # the device-hours are spent: the budget counts as used (the sweep ends when its runs in flight end)
+        _reserve(session, sweep_id, asked, config.budget.max_runs)
+        log.info("sweep %s: its device-hours budget is spent, no more trials", sweep_id)
         return []
-    reserved = session.execute(
-        update(Sweep)
-        .where(Sweep.id == sweep_id, Sweep.trials_asked == asked)
-        .values(trials_asked=asked + free)
-        .execution_options(synchronize_session=False)
-    )
-    if reserved.rowcount != 1:  # type: ignore[attr-defined]
-        raise AskConflict(f"sweep {sweep_id}: trials reserved by another asker")
+    _reserve(session, sweep_id, asked, asked + free)
     study = build_study(sweep, config, members, sampler_seed=asked)
     base = {k: v for k, v in (sweep.request.get("base") or {}).items() if k != "name"}
     launched: list[Run] = []
@@ -124,16 +114,16 @@ def launch_trials(session: Session, sweep_id: int) -> list[Run]:
     return launched
 
 
-def _close_budget(session: Session, sweep: Sweep, asked: int, max_runs: int) -> None:
-    closed = session.execute(
+def _reserve(session: Session, sweep_id: int, asked: int, up_to: int) -> None:
+    """trials_asked: asked -> up_to, only if no other asker moved it meanwhile (the optimistic lock)."""
+    reserved = session.execute(
         update(Sweep)
-        .where(Sweep.id == sweep.id, Sweep.trials_asked == asked)
-        .values(trials_asked=max_runs)
+        .where(Sweep.id == sweep_id, Sweep.trials_asked == asked)
+        .values(trials_asked=up_to)
         .execution_options(synchronize_session=False)
     )
-    if closed.rowcount != 1:  # type: ignore[attr-defined]
-        raise AskConflict(f"sweep {sweep.id}: trials reserved by another asker")
-    log.info("sweep %s: its device-hours budget is spent, no more trials", sweep.id)
+    if reserved.rowcount != 1:  # type: ignore[attr-defined]
+        raise AskConflict(f"sweep {sweep_id}: trials reserved by another asker")
 
 
 def stop_asking(session: Session, sweep: Sweep) -> None:
